@@ -1,0 +1,97 @@
+//! `infer_and_adapt` in-process, one row per call, at memory sizes 1k/10k/50k.
+//!
+//! The memory is filled with real embeddings of the synthetic task (the default
+//! model's own), so the k-NN index sees realistic structure. The bench re-executes
+//! itself with `RAYON_NUM_THREADS=1`, as the server does.
+//!
+//! Run: `cargo bench --bench engine`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use adaptserve::app::{build_engine, ensure_single_threaded_kernels};
+use adaptserve::config::Config;
+use adaptserve::engine::Engine;
+use adaptserve::knn::Experience;
+use adaptserve::simulate::stream::SyntheticStream;
+use criterion::{BenchmarkId, Criterion};
+
+fn engine_with_memory(rt: &tokio::runtime::Runtime, size: usize) -> Arc<Engine> {
+    let mut config = Config::default();
+    config.server.model =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    config.memory.capacity = size;
+    let engine = rt.block_on(build_engine(&config)).expect("engine");
+    let stream = SyntheticStream::new(Default::default());
+    let model = engine.model();
+    let dim = model.input_dim();
+    let chunk = 1024;
+    let mut t = 0u64;
+    while engine.memory().len() < size {
+        let samples: Vec<_> = (0..chunk).map(|i| stream.sample(t + i as u64)).collect();
+        t += chunk as u64;
+        let mut flat = Vec::with_capacity(chunk * dim);
+        for s in &samples {
+            flat.extend_from_slice(&s.features);
+        }
+        let out = model.forward(&flat, chunk).expect("forward");
+        for (i, s) in samples.into_iter().enumerate() {
+            let experience = Experience {
+                embedding: out.embedding_row(i).to_vec(),
+                features: s.features,
+                label: s.label,
+                trust: 1.0,
+                priority: 1.0,
+            };
+            // The insert queue is bounded; back off and retry when it is full.
+            let mut experience = Some(experience);
+            while let Some(e) = experience.take() {
+                if engine.memory().submit(e.clone()).is_err() {
+                    engine.memory().flush(Duration::from_secs(30));
+                    experience = Some(e);
+                }
+            }
+        }
+        engine.memory().flush(Duration::from_secs(60));
+    }
+    engine
+}
+
+fn bench_engine(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = SyntheticStream::new(Default::default());
+    let mut group = c.benchmark_group("infer_and_adapt");
+    for size in [1_000usize, 10_000, 50_000] {
+        let engine = engine_with_memory(&rt, size);
+        // Let a background HNSW build (above the crossover) finish before measuring.
+        std::thread::sleep(Duration::from_millis(200));
+        engine.memory().flush(Duration::from_secs(120));
+        eprintln!("memory {size}: {:?}", engine.memory().stats());
+        // Fresh inputs (never seen by the memory), generated outside the timing.
+        let inputs: Vec<Vec<f32>> = (0..4096u64)
+            .map(|i| stream.sample(10_000_000 + i).features)
+            .collect();
+        let mut next = inputs.iter().cycle();
+        group.bench_with_input(BenchmarkId::new("memory", size), &size, |b, _| {
+            b.iter(|| {
+                let x = next.next().expect("cycle never ends").clone();
+                rt.block_on(engine.infer_and_adapt(vec![x])).expect("infer")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    ensure_single_threaded_kernels();
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    bench_engine(&mut criterion);
+    criterion.final_summary();
+}

@@ -1,0 +1,572 @@
+//! Configuration: the command line, the optional TOML file, and the typed sections
+//! that the rest of the server receives.
+//!
+//! Precedence runs defaults < file < environment < flags. clap already merges the
+//! environment under the flags, so every file-backed flag is an `Option` here and the
+//! file only fills what neither set. Each subsystem receives its own section
+//! (`ServerConfig`, `EngineConfig`, ...) rather than a long argument list, and
+//! [`Config::validate`] refuses a bad setting at startup with a message naming it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// adaptserve: an online-learning inference server.
+#[derive(Debug, Parser)]
+#[command(name = "adaptserve", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over HTTP and keep improving it while serving.
+    Serve(ServeArgs),
+    /// Write a fresh FP16 model directory, for learning a new task from scratch online.
+    InitModel(InitModelArgs),
+    /// Convert an F32 (or BF16) safetensors model to F16.
+    Quantize(QuantizeArgs),
+    /// Train the shipped default model deterministically on the synthetic task.
+    TrainDefault(TrainDefaultArgs),
+}
+
+/// Flags of `adaptserve serve`. Each is also an `ADAPTSERVE_*` environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model directory holding config.json and model.safetensors [default: models/default]
+    #[arg(long, env = "ADAPTSERVE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Address to bind [default: 127.0.0.1]
+    #[arg(long, env = "ADAPTSERVE_HOST")]
+    pub host: Option<String>,
+    /// Port to bind; 0 picks a free port [default: 8080]
+    #[arg(long, env = "ADAPTSERVE_PORT")]
+    pub port: Option<u16>,
+    /// Directory for the WAL, checkpoints and memory snapshots [default: ./state]
+    #[arg(long, env = "ADAPTSERVE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Optional TOML file with any setting; flags and environment override it
+    #[arg(long, env = "ADAPTSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Bearer token for /v1/admin/*; without one the admin routes answer 403
+    #[arg(long, env = "ADAPTSERVE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// JSONL audit trail of alerts
+    #[arg(long, env = "ADAPTSERVE_ALERT_FILE")]
+    pub alert_file: Option<PathBuf>,
+    /// Webhook receiving alerts
+    #[arg(long, env = "ADAPTSERVE_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// Payload format of the webhook
+    #[arg(long, env = "ADAPTSERVE_WEBHOOK_FORMAT", value_enum)]
+    pub webhook_format: Option<WebhookFormat>,
+}
+
+/// Flags of `adaptserve init-model`.
+#[derive(Debug, Args)]
+pub struct InitModelArgs {
+    /// Number of input features
+    #[arg(long)]
+    pub input_dim: usize,
+    /// Number of classes
+    #[arg(long)]
+    pub num_classes: usize,
+    /// Hidden layer widths, comma separated
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub hidden: Vec<usize>,
+    /// Seed of the weight initialisation
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Flags of `adaptserve quantize`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Input safetensors file (its directory must hold config.json)
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output safetensors file, written as F16
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Flags of `adaptserve train-default`.
+#[derive(Debug, Args)]
+pub struct TrainDefaultArgs {
+    /// Output directory
+    #[arg(long, default_value = "models/default")]
+    pub output: PathBuf,
+    /// Seed of the synthetic task and of training
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Alert webhook payload formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    Generic,
+    Slack,
+    Discord,
+    Alertmanager,
+}
+
+/// A secret string (admin token, webhook URL): redacted from `Debug` and logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The whole server configuration, one typed section per subsystem.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub engine: EngineConfig,
+    pub batcher: BatcherConfig,
+    pub memory: MemorySection,
+    pub alerts: AlertConfig,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Model directory served at startup.
+    pub model: PathBuf,
+    /// Bind address.
+    pub host: String,
+    /// Bind port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Where the WAL, checkpoints and memory snapshots live.
+    pub state_dir: PathBuf,
+    /// Bearer token for the admin routes; `None` closes them (403).
+    pub admin_token: Option<Secret>,
+    /// Largest accepted request body. 1 MiB holds ~20k floats as JSON, far more
+    /// than `max_client_batch` rows of a tabular model, and bounds parse cost.
+    pub payload_limit_bytes: usize,
+    /// Most rows in one `/v1/infer` request, so one client cannot monopolise a batch.
+    pub max_client_batch: usize,
+    /// Requests handled at once before new ones get 429. Sized well above what two
+    /// cores can batch so that bursts queue briefly instead of failing.
+    pub max_concurrency: usize,
+    /// A request still running after this long gets 503 (`timeout`).
+    pub request_timeout_ms: u64,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("models/default"),
+            host: "127.0.0.1".into(),
+            port: 8080,
+            state_dir: PathBuf::from("state"),
+            admin_token: None,
+            payload_limit_bytes: 1 << 20,
+            max_client_batch: 256,
+            max_concurrency: 1024,
+            request_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// What the request path does with a model's answer: cold start, vote, gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Below this many experiences in memory the model answers alone (cold start).
+    pub cold_start_threshold: usize,
+    /// `max(p)` at or above which an answer becomes a pseudo-labelled experience.
+    pub confidence_threshold: f32,
+    /// Whether confident answers are learned from at all.
+    pub pseudo_labels: bool,
+    /// Vote weight (trust) of a pseudo-label; labelled feedback has trust 1.0.
+    pub pseudo_trust: f32,
+    /// Priority of experiences stored during cold start (they bootstrap the memory).
+    pub bootstrap_priority: f32,
+    /// Starting weight λ of the model in the vote; Hedge adapts it from labelled feedback.
+    pub model_weight: f32,
+    /// Hedge learning rate η: how fast λ follows the voters' recent losses.
+    pub hedge_eta: f32,
+    /// Floor on either voter's share, so that a voter that lost for a while can win
+    /// back quickly after a drift (fixed-share Hedge).
+    pub hedge_floor: f32,
+    /// Neighbours consulted per vote.
+    pub k: usize,
+    /// Age, in experiences, at which a neighbour's vote weight halves.
+    pub half_life: f32,
+    /// A k-NN search slower than this counts as a failure and the model answers alone.
+    pub knn_timeout_us: u64,
+    /// Consecutive k-NN failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the k-NN before one trial search.
+    pub breaker_cooldown_ms: u64,
+    /// How long a prediction waits for its delayed label.
+    pub pending_ttl_secs: u64,
+    /// Most predictions awaiting a label; the oldest is dropped (and counted) beyond it.
+    pub pending_capacity: usize,
+    /// Page-Hinkley tolerance δ on the labelled error rate.
+    pub drift_delta: f64,
+    /// Page-Hinkley alarm threshold λ_PH.
+    pub drift_threshold: f64,
+    /// Labelled samples after a drift alarm during which pseudo-labels stay paused.
+    pub drift_pause_labels: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cold_start_threshold: 100,
+            confidence_threshold: 0.7,
+            pseudo_labels: true,
+            pseudo_trust: 0.5,
+            bootstrap_priority: 0.9,
+            model_weight: 0.5,
+            hedge_eta: 0.2,
+            hedge_floor: 0.05,
+            k: 10,
+            half_life: 2000.0,
+            knn_timeout_us: 5_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 1_000,
+            pending_ttl_secs: 600,
+            pending_capacity: 100_000,
+            drift_delta: 0.005,
+            drift_threshold: 30.0,
+            drift_pause_labels: 200,
+        }
+    }
+}
+
+/// The model thread's dynamic micro-batcher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherConfig {
+    /// Most rows in one forward pass.
+    pub max_batch_size: usize,
+    /// Longest a request waits for company. The batcher only waits for requests that
+    /// are already in flight, so a lone client never pays it.
+    pub max_queue_delay_us: u64,
+    /// Forward-pass time the adaptive batch size steers towards.
+    pub target_latency_us: u64,
+    /// Bound of the model thread's queue; a full queue answers 429.
+    pub queue_capacity: usize,
+    /// How long the idle model thread keeps polling before it parks. Waking a parked
+    /// thread costs more than a small forward pass; 0 parks at once.
+    pub idle_spin_us: u64,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 64,
+            max_queue_delay_us: 200,
+            target_latency_us: 1_000,
+            queue_capacity: 1_000,
+            idle_spin_us: 200,
+        }
+    }
+}
+
+/// The k-NN memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySection {
+    /// Bound of the experience buffer.
+    pub capacity: usize,
+    /// Experiences older than this many insertions are left out of the vote; 0 = never.
+    pub max_age: u64,
+    /// Live size from which HNSW serves instead of the exact scan; 0 keeps the default.
+    pub hnsw_crossover: usize,
+    /// Bound of the insert queue between the request path and the indexer.
+    pub insert_queue: usize,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        Self {
+            capacity: 50_000,
+            max_age: 0,
+            hnsw_crossover: 0,
+            insert_queue: 8_192,
+        }
+    }
+}
+
+/// Alert sinks (delivered by the alerts subsystem).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// JSONL audit trail.
+    pub file: Option<PathBuf>,
+    /// Webhook URL.
+    pub webhook_url: Option<Secret>,
+    /// Webhook payload format.
+    pub webhook_format: Option<WebhookFormat>,
+}
+
+/// A setting that is out of range, or a config file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from `serve`'s flags: defaults < file < env < flags.
+    pub fn from_serve_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        let server = &mut config.server;
+        if let Some(model) = &args.model {
+            server.model = model.clone();
+        }
+        if let Some(host) = &args.host {
+            server.host = host.clone();
+        }
+        if let Some(port) = args.port {
+            server.port = port;
+        }
+        if let Some(dir) = &args.state_dir {
+            server.state_dir = dir.clone();
+        }
+        if let Some(token) = &args.admin_token {
+            server.admin_token = Some(Secret::new(token.clone()));
+        }
+        if let Some(file) = &args.alert_file {
+            config.alerts.file = Some(file.clone());
+        }
+        if let Some(url) = &args.webhook_url {
+            config.alerts.webhook_url = Some(Secret::new(url.clone()));
+        }
+        if let Some(format) = args.webhook_format {
+            config.alerts.webhook_format = Some(format);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file; unknown keys are refused so that typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The address to bind.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let s = &self.server;
+        let host = if s.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &s.host
+        };
+        format!("{host}:{}", s.port)
+            .parse()
+            .or_else(|_| format!("[{host}]:{}", s.port).parse())
+            .map_err(|_| invalid("server.host", format!("{:?} is not an IP address", s.host)))
+    }
+
+    /// Refuses out-of-range settings, naming each.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        let s = &self.server;
+        positive("server.payload_limit_bytes", s.payload_limit_bytes)?;
+        positive("server.max_client_batch", s.max_client_batch)?;
+        positive("server.max_concurrency", s.max_concurrency)?;
+        positive("server.request_timeout_ms", s.request_timeout_ms as usize)?;
+        if s.admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
+            return Err(invalid("admin_token", "must not be empty".into()));
+        }
+        let e = &self.engine;
+        unit_interval("engine.confidence_threshold", e.confidence_threshold)?;
+        unit_interval("engine.pseudo_trust", e.pseudo_trust)?;
+        unit_interval("engine.bootstrap_priority", e.bootstrap_priority)?;
+        unit_interval("engine.model_weight", e.model_weight)?;
+        if !(e.hedge_floor >= 0.0 && e.hedge_floor < 0.5) {
+            return Err(invalid(
+                "engine.hedge_floor",
+                format!("must be in [0, 0.5), got {}", e.hedge_floor),
+            ));
+        }
+        if !(e.hedge_eta.is_finite() && e.hedge_eta >= 0.0) {
+            return Err(invalid(
+                "engine.hedge_eta",
+                format!("must be >= 0, got {}", e.hedge_eta),
+            ));
+        }
+        positive("engine.k", e.k)?;
+        if !(e.half_life.is_finite() && e.half_life > 0.0) {
+            return Err(invalid(
+                "engine.half_life",
+                format!("must be > 0, got {}", e.half_life),
+            ));
+        }
+        positive("engine.breaker_failures", e.breaker_failures as usize)?;
+        positive("engine.pending_capacity", e.pending_capacity)?;
+        positive("engine.pending_ttl_secs", e.pending_ttl_secs as usize)?;
+        let b = &self.batcher;
+        positive("batcher.max_batch_size", b.max_batch_size)?;
+        positive("batcher.queue_capacity", b.queue_capacity)?;
+        positive("batcher.target_latency_us", b.target_latency_us as usize)?;
+        let m = &self.memory;
+        positive("memory.capacity", m.capacity)?;
+        positive("memory.insert_queue", m.insert_queue)?;
+        if e.cold_start_threshold > m.capacity {
+            return Err(invalid(
+                "engine.cold_start_threshold",
+                format!(
+                    "{} exceeds memory.capacity {}: the server would never leave cold start",
+                    e.cold_start_threshold, m.capacity
+                ),
+            ));
+        }
+        if self.alerts.webhook_format.is_some() && self.alerts.webhook_url.is_none() {
+            return Err(invalid(
+                "webhook_format",
+                "is set but webhook_url is not".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(setting: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { setting, reason }
+}
+
+fn positive(setting: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(setting, "must be greater than 0".into()));
+    }
+    Ok(())
+}
+
+fn unit_interval(setting: &'static str, value: f32) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(invalid(setting, format!("must be in [0, 1], got {value}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let mut full = vec!["adaptserve", "serve"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).expect("valid flags").command {
+            Command::Serve(s) => s,
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = Config::from_serve_args(&serve(&[])).unwrap();
+        assert_eq!(c.engine.cold_start_threshold, 100);
+        assert_eq!(c.engine.confidence_threshold, 0.7);
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.server.model, PathBuf::from("models/default"));
+        assert_eq!(c.server.state_dir, PathBuf::from("state"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nk = 7\n",
+        )
+        .unwrap();
+        let c = Config::from_serve_args(&serve(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--port",
+            "9100",
+        ]))
+        .unwrap();
+        assert_eq!(c.server.port, 9100, "flag beats file");
+        assert_eq!(c.server.host, "0.0.0.0", "file beats default");
+        assert_eq!(c.engine.k, 7);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[engine]\nconfidence_threshold = 1.5\n").unwrap();
+        let err = Config::from_serve_args(&serve(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.confidence_threshold"), "{err}");
+
+        std::fs::write(&path, "[engine]\nconfidnce_threshold = 0.5\n").unwrap();
+        let err = Config::from_serve_args(&serve(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("confidnce_threshold"), "{err}");
+
+        let err = Config::from_serve_args(&serve(&["--host", "not an ip"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.host"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_debug() {
+        let c = Config::from_serve_args(&serve(&["--admin-token", "hunter2"])).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+}

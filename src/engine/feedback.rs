@@ -1,0 +1,141 @@
+//! Labelled feedback: a delayed label for an earlier prediction, or a labelled
+//! example sent whole. Either becomes a trusted experience and a `Label` update; a
+//! delayed label also scores the prediction it joins, which drives the Hedge vote
+//! weights and the drift detector.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::vote::loss;
+use super::{Engine, EngineError, Update, UpdateKind, check_finite};
+use crate::knn::Experience;
+
+/// What a label is attached to.
+#[derive(Debug, Clone)]
+pub enum FeedbackTarget {
+    /// A prediction made earlier, by its `request_id`.
+    Request(u64),
+    /// A labelled example the server has not seen.
+    Features(Vec<f32>),
+}
+
+/// A label, as a class index or as one of the model's label names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LabelRef {
+    Index(u64),
+    Name(String),
+}
+
+/// The answer to an accepted feedback.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedbackReceipt {
+    /// The update's sequence number.
+    pub seq: u64,
+}
+
+/// Priority of labelled experiences: above every pseudo-label and bootstrap entry, so
+/// eviction takes those first.
+const LABEL_PRIORITY: f32 = 1.0;
+/// Vote weight of a label a client sent.
+const LABEL_TRUST: f32 = 1.0;
+
+impl Engine {
+    /// Accepts one label. Every check runs before any state changes, so a refused
+    /// feedback leaves the prediction waiting for a correct label.
+    pub async fn feedback(
+        &self,
+        target: FeedbackTarget,
+        label: LabelRef,
+    ) -> Result<FeedbackReceipt, EngineError> {
+        let label = self.resolve_label(&label)?;
+        let (features, embedding, scored) = match target {
+            FeedbackTarget::Request(request_id) => {
+                let pending = self
+                    .pending
+                    .take(request_id, Instant::now())
+                    .ok_or(EngineError::UnknownRequest { request_id })?;
+                let scored = (pending.predicted, pending.p_model, pending.p_knn);
+                (pending.features, pending.embedding, Some(scored))
+            }
+            FeedbackTarget::Features(features) => {
+                let dim = self.model.load().input_dim();
+                if features.len() != dim {
+                    return Err(EngineError::WrongFeatureDimension {
+                        expected: dim,
+                        found: features.len(),
+                    });
+                }
+                check_finite(|| "features".to_string(), &features)?;
+                let announcement = self.client.announce();
+                let out = self
+                    .client
+                    .forward(features.clone(), 1, announcement)
+                    .await?;
+                (features, out.embeddings, None)
+            }
+        };
+
+        let experience = Experience {
+            embedding,
+            features: features.clone(),
+            label,
+            trust: LABEL_TRUST,
+            priority: LABEL_PRIORITY,
+        };
+        // A full insert queue costs the memory this experience (counted); the label
+        // still reaches the update sink, which is what acknowledges it.
+        if self.memory.submit(experience).is_err() {
+            self.stats.memory_drops.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((predicted, p_model, p_knn)) = scored {
+            let y = label as usize;
+            if let Some(p_knn) = p_knn {
+                self.hedge.update(loss(&p_model, y), loss(&p_knn, y));
+            }
+            self.gate.observe_label(predicted != label);
+            self.stats.labels_scored.fetch_add(1, Ordering::Relaxed);
+            if predicted == label {
+                self.stats.labels_correct.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.labels.fetch_add(1, Ordering::Relaxed);
+        let seq = self
+            .sink
+            .offer(Update {
+                kind: UpdateKind::Label,
+                features,
+                label,
+                weight: LABEL_TRUST,
+                model_version: self.model.load().version(),
+            })
+            .map_err(|e| EngineError::ModelUnavailable {
+                reason: e.to_string(),
+            })?;
+        Ok(FeedbackReceipt { seq })
+    }
+
+    /// A label index or name, checked against the serving model.
+    pub fn resolve_label(&self, label: &LabelRef) -> Result<u32, EngineError> {
+        let model = self.model.load();
+        let num_classes = model.num_classes();
+        match label {
+            LabelRef::Index(i) if (*i as usize) < num_classes && *i <= u32::MAX as u64 => {
+                Ok(*i as u32)
+            }
+            LabelRef::Index(i) => Err(EngineError::LabelOutOfRange {
+                label: *i,
+                num_classes,
+            }),
+            LabelRef::Name(name) => model
+                .config()
+                .labels
+                .as_ref()
+                .and_then(|names| names.iter().position(|n| n == name))
+                .map(|i| i as u32)
+                .ok_or_else(|| EngineError::UnknownLabelName { name: name.clone() }),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The request path: `infer_and_adapt` and labelled feedback.
+//!
+//! One [`Engine`] owns everything a request touches: the model thread's client, the
+//! k-NN memory, the adaptive vote, the confidence gate, the k-NN circuit breaker, the
+//! map of predictions awaiting labels, and the update sink. The HTTP layer only parses
+//! and maps errors; everything it calls is here, so benches and tests drive the same
+//! code in-process.
+//!
+//! Nothing on this path does disk I/O or holds a lock across an await: the model
+//! answers over a oneshot, the memory search is a short synchronous call, and memory
+//! inserts and updates are non-blocking offers to bounded queues.
+
+mod batcher;
+mod breaker;
+mod error;
+mod feedback;
+mod gate;
+mod infer;
+mod pending;
+mod sink;
+mod vote;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{BatcherConfig, EngineConfig};
+use crate::knn::Memory;
+use crate::model::Mlp;
+
+pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThread};
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use error::EngineError;
+pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
+pub use gate::{ConfidenceGate, PageHinkley};
+pub use infer::{InferPath, InferReply, Prediction, Timings};
+pub use pending::{PendingMap, PendingPrediction};
+pub use sink::{LocalSink, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
+pub use vote::{Hedge, argmax, blend, knn_distribution, loss};
+
+/// Counters of the request path; read by `/v1/status` and the metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Rows answered by the model alone during cold start.
+    pub cold_start: AtomicU64,
+    /// Rows answered by the ensemble vote.
+    pub ensemble: AtomicU64,
+    /// Rows answered by the model alone because the k-NN failed or its breaker was open.
+    pub fallback: AtomicU64,
+    /// k-NN searches that errored or timed out.
+    pub knn_failures: AtomicU64,
+    /// Pseudo-labels admitted by the gate.
+    pub pseudo_labels: AtomicU64,
+    /// Experiences the memory's insert queue refused (counted, never blocking).
+    pub memory_drops: AtomicU64,
+    /// Labelled feedbacks accepted.
+    pub labels: AtomicU64,
+    /// Labelled feedbacks joined to a prediction whose served label was right.
+    pub labels_correct: AtomicU64,
+    /// Labelled feedbacks joined to a prediction (the denominator of the above).
+    pub labels_scored: AtomicU64,
+}
+
+/// Everything `/v1/status` reports about the engine.
+#[derive(Debug, Clone)]
+pub struct EngineStatus {
+    pub model_version: u64,
+    pub cold_start: bool,
+    pub experiences: usize,
+    pub input_dim: usize,
+    pub num_classes: usize,
+    pub lambda: f32,
+    pub breaker: BreakerState,
+    pub drift_active: bool,
+    pub drifts: u64,
+    pub pending: usize,
+    pub updates: SinkStats,
+}
+
+/// The serving engine. Shared as `Arc<Engine>` by every request.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    max_client_batch: usize,
+    /// The serving model; the model thread loads it per batch, so a swap (ArcSwap)
+    /// lets in-flight batches finish on the old version.
+    model: Arc<ArcSwap<Mlp>>,
+    client: ModelClient,
+    /// Keeps the model thread's owner alive as long as the engine.
+    _model_thread: ModelThread,
+    memory: Arc<Memory>,
+    hedge: Hedge,
+    gate: ConfidenceGate,
+    breaker: CircuitBreaker,
+    pending: PendingMap,
+    sink: Arc<dyn UpdateSink>,
+    next_request_id: AtomicU64,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Starts the model thread and assembles the engine.
+    pub fn new(
+        model: Mlp,
+        memory: Arc<Memory>,
+        sink: Arc<dyn UpdateSink>,
+        config: EngineConfig,
+        batcher: BatcherConfig,
+        max_client_batch: usize,
+    ) -> std::io::Result<Self> {
+        let model = Arc::new(ArcSwap::from_pointee(model));
+        let thread = ModelThread::spawn(model.clone(), batcher)?;
+        Ok(Self {
+            hedge: Hedge::new(config.model_weight, config.hedge_eta, config.hedge_floor),
+            gate: ConfidenceGate::new(
+                config.confidence_threshold,
+                config.pseudo_labels,
+                config.drift_delta,
+                config.drift_threshold,
+                config.drift_pause_labels,
+            ),
+            breaker: CircuitBreaker::new(
+                config.breaker_failures,
+                Duration::from_millis(config.breaker_cooldown_ms),
+            ),
+            pending: PendingMap::new(
+                Duration::from_secs(config.pending_ttl_secs),
+                config.pending_capacity,
+            ),
+            client: thread.client(),
+            _model_thread: thread,
+            model,
+            memory,
+            sink,
+            max_client_batch,
+            next_request_id: AtomicU64::new(1),
+            stats: EngineStats::default(),
+            config,
+        })
+    }
+
+    /// The serving model.
+    pub fn model(&self) -> arc_swap::Guard<Arc<Mlp>> {
+        self.model.load()
+    }
+
+    /// The k-NN memory.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
+    }
+
+    /// The request-path counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// The model thread's counters.
+    pub fn batcher_stats(&self) -> &BatcherStats {
+        self.client.stats()
+    }
+
+    /// The model queue's bound.
+    pub fn batcher_capacity(&self) -> usize {
+        self.client.capacity()
+    }
+
+    /// True while the memory is too small to vote.
+    pub fn in_cold_start(&self) -> bool {
+        self.memory.len() < self.config.cold_start_threshold
+    }
+
+    /// Predictions dropped from the pending map before a label came.
+    pub fn pending_evicted(&self) -> u64 {
+        self.pending.evicted()
+    }
+
+    /// A consistent-enough snapshot for `/v1/status` (each field is read atomically).
+    pub fn status(&self) -> EngineStatus {
+        let model = self.model.load();
+        EngineStatus {
+            model_version: model.version(),
+            cold_start: self.in_cold_start(),
+            experiences: self.memory.len(),
+            input_dim: model.input_dim(),
+            num_classes: model.num_classes(),
+            lambda: self.hedge.lambda(),
+            breaker: self.breaker.state(),
+            drift_active: self.gate.drift_active(),
+            drifts: self.gate.drifts(),
+            pending: self.pending.len(),
+            updates: self.sink.stats(),
+        }
+    }
+
+    /// Runs one forward pass of zeros so the first request does not pay for lazy
+    /// initialisation; `/health/ready` turns green only after it.
+    pub async fn warm_up(&self) -> Result<(), EngineError> {
+        let dim = self.model.load().input_dim();
+        let announcement = self.client.announce();
+        self.client.forward(vec![0.0; dim], 1, announcement).await?;
+        Ok(())
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Checks that every value is finite, naming the first offender.
+fn check_finite(field: impl Fn() -> String, values: &[f32]) -> Result<(), EngineError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(EngineError::NotFinite {
+            field: field(),
+            index,
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,192 @@
+//! The temporal ensemble vote between the model and its neighbours, and the Hedge
+//! rule that sets their mix.
+//!
+//! A neighbour's vote is `max(sim, 0) · 0.5^(age / half_life) · trust`: similar,
+//! recent and labelled experiences count most. Age is measured in experiences, not
+//! seconds, so the same stream behaves the same at 10 or 10 000 requests per second.
+//!
+//! The mix `p = λ·p_model + (1−λ)·p_knn` is learned with Hedge (multiplicative
+//! weights) from each voter's loss on *labelled* feedback only: pseudo-labels are the
+//! ensemble's own guesses and would only reinforce it. λ is clamped to
+//! `[floor, 1 − floor]` (fixed share) so that a voter that lost for a long stretch can
+//! win back within a few dozen labels after a drift.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::knn::Neighbor;
+
+/// Accumulates the k-NN class distribution of `neighbors` into `out` (length
+/// `num_classes`, overwritten) and returns the total vote weight. A zero total means
+/// the neighbours carry no usable vote and `out` is all zeros.
+pub fn knn_distribution(neighbors: &[Neighbor], half_life: f32, out: &mut [f32]) -> f32 {
+    out.fill(0.0);
+    let mut total = 0.0f32;
+    for n in neighbors {
+        let Some(slot) = out.get_mut(n.label as usize) else {
+            // A label beyond the model's classes cannot vote; stored experiences are
+            // validated, so this only guards against a model swap to fewer classes.
+            continue;
+        };
+        let decay = 0.5f32.powf(n.age as f32 / half_life);
+        let w = n.similarity.max(0.0) * decay * n.trust;
+        if w > 0.0 && w.is_finite() {
+            *slot += w;
+            total += w;
+        }
+    }
+    if total > 0.0 {
+        for v in out.iter_mut() {
+            *v /= total;
+        }
+    }
+    total
+}
+
+/// Writes `λ·p_model + (1−λ)·p_knn` into `out`.
+pub fn blend(lambda: f32, p_model: &[f32], p_knn: &[f32], out: &mut [f32]) {
+    for ((o, m), k) in out.iter_mut().zip(p_model).zip(p_knn) {
+        *o = lambda * m + (1.0 - lambda) * k;
+    }
+}
+
+/// The adaptive model weight λ. Reads are lock-free (the request path); updates,
+/// one per labelled feedback, take a short mutex so read-modify-write stays exact.
+#[derive(Debug)]
+pub struct Hedge {
+    /// λ as f32 bits, read on every ensemble request without a lock.
+    lambda: AtomicU32,
+    /// Serialises updates; held only for a few float operations, never across await.
+    update: Mutex<()>,
+    eta: f32,
+    floor: f32,
+}
+
+impl Hedge {
+    /// Starts at `initial` (the configured `model_weight`).
+    pub fn new(initial: f32, eta: f32, floor: f32) -> Self {
+        let initial = initial.clamp(floor, 1.0 - floor);
+        Self {
+            lambda: AtomicU32::new(initial.to_bits()),
+            update: Mutex::new(()),
+            eta,
+            floor,
+        }
+    }
+
+    /// The current model weight.
+    pub fn lambda(&self) -> f32 {
+        f32::from_bits(self.lambda.load(Ordering::Relaxed))
+    }
+
+    /// One Hedge step from the two voters' losses in `[0, 1]` on a labelled sample.
+    pub fn update(&self, loss_model: f32, loss_knn: f32) {
+        let _guard = self.update.lock();
+        let lambda = self.lambda();
+        let wm = lambda * (-self.eta * loss_model).exp();
+        let wk = (1.0 - lambda) * (-self.eta * loss_knn).exp();
+        let next = (wm / (wm + wk)).clamp(self.floor, 1.0 - self.floor);
+        if next.is_finite() {
+            self.lambda.store(next.to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The loss of a voter's distribution on the true label: `1 − p[label]`, in `[0, 1]`.
+pub fn loss(p: &[f32], label: usize) -> f32 {
+    (1.0 - p.get(label).copied().unwrap_or(0.0)).clamp(0.0, 1.0)
+}
+
+/// Index and value of the largest probability.
+pub fn argmax(p: &[f32]) -> (usize, f32) {
+    p.iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(label: u32, similarity: f32, age: u64, trust: f32) -> Neighbor {
+        Neighbor {
+            id: 0,
+            similarity,
+            label,
+            trust,
+            age,
+        }
+    }
+
+    #[test]
+    fn weights_follow_similarity_age_and_trust() {
+        let mut out = [0.0; 3];
+        // Label 0: sim 1, fresh, labelled -> 1.0. Label 1: sim 1 but one half-life old
+        // and pseudo (0.5) -> 0.25. Label 2: negative similarity -> 0.
+        let total = knn_distribution(
+            &[n(0, 1.0, 0, 1.0), n(1, 1.0, 100, 0.5), n(2, -0.3, 0, 1.0)],
+            100.0,
+            &mut out,
+        );
+        assert!((total - 1.25).abs() < 1e-6);
+        assert!((out[0] - 0.8).abs() < 1e-6);
+        assert!((out[1] - 0.2).abs() < 1e-6);
+        assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn zero_weight_gives_zero_total() {
+        let mut out = [0.5; 2];
+        let total = knn_distribution(&[n(0, -1.0, 0, 1.0)], 10.0, &mut out);
+        assert_eq!(total, 0.0);
+        assert_eq!(out, [0.0, 0.0]);
+        assert_eq!(knn_distribution(&[], 10.0, &mut out), 0.0);
+    }
+
+    #[test]
+    fn out_of_range_labels_do_not_vote() {
+        let mut out = [0.0; 2];
+        let total = knn_distribution(&[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)], 10.0, &mut out);
+        assert!((total - 0.5).abs() < 1e-6);
+        assert_eq!(out, [0.0, 1.0]);
+    }
+
+    #[test]
+    fn blend_mixes_linearly() {
+        let mut out = [0.0; 2];
+        blend(0.25, &[1.0, 0.0], &[0.0, 1.0], &mut out);
+        assert_eq!(out, [0.25, 0.75]);
+    }
+
+    #[test]
+    fn hedge_moves_towards_the_better_voter_and_respects_the_floor() {
+        let h = Hedge::new(0.5, 0.5, 0.05);
+        for _ in 0..10 {
+            h.update(0.9, 0.1);
+        }
+        let after_knn_wins = h.lambda();
+        assert!(after_knn_wins < 0.1, "λ = {after_knn_wins}");
+        for _ in 0..1000 {
+            h.update(1.0, 0.0);
+        }
+        assert_eq!(h.lambda(), 0.05, "floor holds");
+        // After a drift the model becomes the better voter: λ recovers quickly.
+        let mut steps = 0;
+        while h.lambda() < 0.5 {
+            h.update(0.0, 1.0);
+            steps += 1;
+        }
+        assert!(steps < 20, "recovered in {steps} labels");
+    }
+
+    #[test]
+    fn argmax_and_loss() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.2]), (1, 0.7));
+        assert!((loss(&[0.1, 0.7, 0.2], 1) - 0.3).abs() < 1e-6);
+        assert_eq!(loss(&[0.1], 4), 1.0);
+    }
+}

@@ -1,0 +1,163 @@
+//! One error shape for every route: `{"error": "...", "error_type": "..."}`.
+//!
+//! [`ApiError`] is the only thing handlers return on failure, and its status code is
+//! chosen in one exhaustive match. [`AppJson`] replaces axum's `Json` extractor so that
+//! a rejected body (bad JSON, wrong types, too large, wrong content type) gets the same
+//! shape as every other error. Internal details go to the log, not to the client.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::engine::EngineError;
+
+/// Every error a client can receive.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape or types, or fails validation.
+    #[error("{0}")]
+    Validation(String),
+    /// The body exceeds `payload_limit_bytes`.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The body is not declared as JSON.
+    #[error("expected a request with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The thing named does not exist (an unknown or expired `request_id`).
+    #[error("{0}")]
+    NotFound(String),
+    /// Too many requests at once, or a bounded queue is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request did not finish within `request_timeout_ms`.
+    #[error("the request timed out")]
+    Timeout,
+    /// The server cannot serve this right now (model not loaded, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// An admin route without a valid bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// An admin route while no admin token is configured.
+    #[error("admin routes are disabled: no admin token is configured")]
+    Forbidden,
+    /// A bug. The detail is logged; the client sees a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    error_type: &'a str,
+}
+
+impl ApiError {
+    /// The status code and `error_type` of each variant, in one exhaustive match.
+    pub fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "validation"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "validation"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "validation"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error_type) = self.status_and_type();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            error_type,
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::EmptyBatch
+            | EngineError::BatchTooLarge { .. }
+            | EngineError::WrongDimension { .. }
+            | EngineError::WrongFeatureDimension { .. }
+            | EngineError::NotFinite { .. }
+            | EngineError::LabelOutOfRange { .. }
+            | EngineError::UnknownLabelName { .. } => Self::Validation(e.to_string()),
+            EngineError::UnknownRequest { .. } => Self::NotFound(e.to_string()),
+            EngineError::Overloaded { .. } => Self::Overloaded(e.to_string()),
+            EngineError::ModelUnavailable { reason } => {
+                tracing::error!(%reason, "model unavailable");
+                Self::Unavailable("the model is unavailable".into())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::Validation(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                // The limit itself is filled in by the extractor, which knows it.
+                Self::PayloadTooLarge { limit: 0 }
+            }
+            other => Self::MalformedJson(other.body_text()),
+        }
+    }
+}
+
+/// `axum::Json`, with rejections turned into [`ApiError`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync + PayloadLimit,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(match ApiError::from(rejection) {
+                ApiError::PayloadTooLarge { .. } => ApiError::PayloadTooLarge {
+                    limit: state.payload_limit(),
+                },
+                other => other,
+            }),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// State that knows the body limit, so a 413 can say what it is.
+pub trait PayloadLimit {
+    /// The configured body limit in bytes.
+    fn payload_limit(&self) -> usize;
+}

@@ -1,0 +1,191 @@
+//! `/health`, `/health/live`, `/health/ready` and `/v1/status`.
+//!
+//! `/health` rates each component green, yellow or red so an operator sees at a
+//! glance what is degraded; it answers 503 only when something is red. Until the
+//! update-worker exists the worker component reports `disabled` (yellow): serving
+//! works, and labels reach the k-NN memory, but the weights do not train.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{AppJson, AppState};
+use crate::engine::BreakerState;
+
+/// Traffic-light rating of a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Light {
+    Green,
+    Yellow,
+    Red,
+}
+
+#[derive(Debug, Serialize)]
+struct Component {
+    status: Light,
+    detail: String,
+}
+
+fn component(status: Light, detail: impl Into<String>) -> Component {
+    Component {
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// The worker's state until the update path exists.
+const WORKER_STATE: &str = "disabled";
+
+pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
+    let engine = &state.engine;
+    let status = engine.status();
+    let model = if state.is_ready() {
+        component(
+            Light::Green,
+            format!("version {} loaded", status.model_version),
+        )
+    } else {
+        component(Light::Red, "not ready")
+    };
+    let memory_stats = engine.memory().stats();
+    let memory = match status.breaker {
+        BreakerState::Closed => component(
+            Light::Green,
+            format!(
+                "{} experiences, {} index",
+                memory_stats.len, memory_stats.backend
+            ),
+        ),
+        BreakerState::HalfOpen | BreakerState::Open => component(
+            Light::Yellow,
+            format!("k-NN circuit breaker {}", status.breaker.as_str()),
+        ),
+    };
+    let queued = engine.batcher_stats().queued.load(Ordering::Relaxed);
+    let capacity = engine.batcher_capacity();
+    let queue_light = if queued * 10 >= capacity * 9 {
+        Light::Red
+    } else if queued * 2 >= capacity {
+        Light::Yellow
+    } else {
+        Light::Green
+    };
+    let queue = component(queue_light, format!("{queued} of {capacity} queued"));
+    let worker = component(
+        Light::Yellow,
+        "no update-worker yet: labels feed the k-NN memory, weights do not train",
+    );
+    let alerts = component(Light::Green, "log");
+    let overall = [
+        model.status,
+        memory.status,
+        queue.status,
+        worker.status,
+        alerts.status,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(Light::Green);
+    let code = if overall == Light::Red {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": overall,
+        "mode": mode(status.cold_start),
+        "worker": {"state": WORKER_STATE},
+        "components": {
+            "model": model,
+            "memory": memory,
+            "queue": queue,
+            "worker": worker,
+            "alerts": alerts,
+        },
+    });
+    (code, AppJson(body))
+}
+
+pub(super) async fn live() -> AppJson<Value> {
+    AppJson(json!({"status": "alive"}))
+}
+
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
+    if state.is_ready() {
+        (StatusCode::OK, AppJson(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            AppJson(json!({"status": "not_ready"})),
+        )
+    }
+}
+
+pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value> {
+    let engine = &state.engine;
+    let s = engine.status();
+    let m = engine.memory().stats();
+    let e = engine.stats();
+    let b = engine.batcher_stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let scored = load(&e.labels_scored);
+    AppJson(json!({
+        "version": crate::VERSION,
+        "model_version": s.model_version,
+        "mode": mode(s.cold_start),
+        "experiences": s.experiences,
+        "input_dim": s.input_dim,
+        "num_classes": s.num_classes,
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "worker": {"pid": null, "state": WORKER_STATE, "restarts": 0},
+        "ring": {"depth": 0, "capacity": 0, "dropped": 0},
+        "wal_bytes": 0,
+        "updates": {"sent": s.updates.sent, "applied": s.updates.applied, "dropped": s.updates.dropped},
+        "memory": {
+            "backend": m.backend.to_string(),
+            "capacity": m.capacity,
+            "indexed": m.indexed,
+            "pending": m.pending,
+            "tombstones": m.tombstones,
+            "rebuilds": m.rebuilds,
+            "dropped_inserts": m.dropped_inserts,
+            "evicted": m.evicted_total,
+        },
+        "vote": {
+            "lambda": s.lambda,
+            "breaker": s.breaker.as_str(),
+            "drift_active": s.drift_active,
+            "drifts": s.drifts,
+        },
+        "paths": {
+            "cold_start": load(&e.cold_start),
+            "ensemble": load(&e.ensemble),
+            "fallback": load(&e.fallback),
+        },
+        "knn_failures": load(&e.knn_failures),
+        "pseudo_labels": load(&e.pseudo_labels),
+        "labels": {
+            "received": load(&e.labels),
+            "scored": scored,
+            "accuracy": if scored > 0 { Some(load(&e.labels_correct) as f64 / scored as f64) } else { None },
+        },
+        "pending_predictions": s.pending,
+        "batcher": {
+            "queued": b.queued.load(Ordering::Relaxed),
+            "capacity": engine.batcher_capacity(),
+            "batches": load(&b.batches),
+            "rows": load(&b.rows),
+            "rejected": load(&b.rejected),
+            "target_batch": b.target_batch.load(Ordering::Relaxed),
+        },
+    }))
+}
+
+fn mode(cold_start: bool) -> &'static str {
+    if cold_start { "cold_start" } else { "normal" }
+}

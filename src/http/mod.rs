@@ -1,0 +1,116 @@
+//! The HTTP API (axum on tokio): routes, shared state, and the layers that bound
+//! every request.
+//!
+//! `router(state)` builds the whole app without a socket, so tests can drive it with
+//! `oneshot` as well as over real connections. Layers, outermost first:
+//! - a 429 load shedder over a concurrency limit, so overload fails fast instead of
+//!   queueing without bound;
+//! - a request timeout (503 `timeout`);
+//! - the body limit, enforced inside [`AppJson`] so a 413 has the common error shape.
+
+mod error;
+mod feedback;
+mod health;
+mod infer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::config::ServerConfig;
+use crate::engine::Engine;
+
+pub use error::{ApiError, AppJson, PayloadLimit};
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    /// The request path.
+    pub engine: Arc<Engine>,
+    /// The server's settings (limits, admin token).
+    pub config: ServerConfig,
+    /// False until the model is loaded and warmed, and again once shutdown begins,
+    /// so a load balancer stops sending before the drain.
+    pub ready: AtomicBool,
+    /// For `uptime_seconds`.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// State for `engine`, not yet ready.
+    pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            config,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    /// Marks the server ready (or not) for `/health/ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether `/health/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl PayloadLimit for Arc<AppState> {
+    fn payload_limit(&self) -> usize {
+        self.config.payload_limit_bytes
+    }
+}
+
+/// The whole HTTP app.
+///
+/// The limits guard the `/v1` routes only: a liveness probe must not fail because
+/// the server is busy, or an orchestrator would restart a healthy, loaded server.
+pub fn router(state: Arc<AppState>) -> Router {
+    // One semaphore for all `/v1` routes: axum layers each route separately, so a
+    // per-layer limit would be per route.
+    let permits = Arc::new(Semaphore::new(state.config.max_concurrency));
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overload_error))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
+        .timeout(Duration::from_millis(state.config.request_timeout_ms));
+    let api = Router::new()
+        .route("/v1/infer", post(infer::infer))
+        .route("/v1/feedback", post(feedback::feedback))
+        .layer(limits);
+    Router::new()
+        .merge(api)
+        .route("/v1/status", get(health::status))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.payload_limit_bytes))
+        .with_state(state)
+}
+
+async fn overload_error(err: tower::BoxError) -> Response {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded("too many concurrent requests".into()).into_response()
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout.into_response()
+    } else {
+        ApiError::Internal(err.to_string()).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}

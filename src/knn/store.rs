@@ -1,0 +1,388 @@
+//! The experience buffer: one contiguous row-major embedding matrix plus parallel
+//! arrays, addressed by slot, with slots reused after eviction.
+//!
+//! Why this shape: the exact scan streams the matrix front to back (cache- and
+//! SIMD-friendly), and eviction only marks a slot free, so no row ever moves and the
+//! write lock is held for microseconds. Two ordered indexes give O(log n) eviction
+//! (`by_priority`: lowest priority, then oldest) and O(log n) id lookups and tail
+//! ranges (`by_id`, ids being insertion ticks).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::exact::squared_norm;
+use super::{Experience, Neighbor};
+
+/// The tick of a free slot. Live experiences have ticks from 1, so a single `tick >=
+/// min_tick` comparison skips free and expired slots alike.
+pub(super) const FREE: u64 = 0;
+
+/// The buffer. Written only by the indexer thread (under the memory's write lock),
+/// read by searches and graph builders.
+pub(super) struct Store {
+    /// Floats per row.
+    dim: usize,
+    /// Most live rows; the matrix never grows past it.
+    capacity: usize,
+    /// Rows older than this many ticks are expired; 0 = never.
+    max_age: u64,
+    /// Experiences inserted so far; the newest live experience has this tick.
+    clock: u64,
+    /// `slots × dim` floats, unit-length rows. Reserved up front (virtual memory only)
+    /// so it never reallocates while the write lock is held.
+    embeddings: Vec<f32>,
+    /// Per slot: the experience's tick (= its id), or [`FREE`].
+    ticks: Vec<u64>,
+    /// Per slot: label.
+    labels: Vec<u32>,
+    /// Per slot: trust.
+    trusts: Vec<f32>,
+    /// Per slot: priority (kept to find its `by_priority` key on removal).
+    priorities: Vec<f32>,
+    /// Per slot: the input features, for snapshots; never scanned.
+    features: Vec<Box<[f32]>>,
+    /// Free slots, reused before the matrix grows.
+    free: Vec<u32>,
+    /// Live id → slot, in insertion order: lookups of graph hits, the un-indexed tail,
+    /// and expiry (the oldest is first).
+    by_id: BTreeMap<u64, u32>,
+    /// Eviction order: (priority key, id), lowest first.
+    by_priority: BTreeSet<(u32, u64)>,
+}
+
+/// Maps an f32 priority to a u32 whose unsigned order is the float's total order.
+fn priority_key(priority: f32) -> u32 {
+    let bits = priority.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | (1 << 31)
+    }
+}
+
+impl Store {
+    /// An empty store; `capacity × dim` has been validated.
+    pub(super) fn new(dim: usize, capacity: usize, max_age: u64) -> Self {
+        Self {
+            dim,
+            capacity,
+            max_age,
+            clock: 0,
+            embeddings: Vec::with_capacity(capacity * dim),
+            ticks: Vec::with_capacity(capacity),
+            labels: Vec::with_capacity(capacity),
+            trusts: Vec::with_capacity(capacity),
+            priorities: Vec::with_capacity(capacity),
+            features: Vec::with_capacity(capacity),
+            free: Vec::new(),
+            by_id: BTreeMap::new(),
+            by_priority: BTreeSet::new(),
+        }
+    }
+
+    /// Live experiences.
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Experiences inserted so far (the current tick).
+    pub(super) fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Floats per row.
+    pub(super) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The oldest tick still eligible for search: `tick >= min_tick()` is live and
+    /// young enough.
+    pub(super) fn min_tick(&self) -> u64 {
+        if self.max_age == 0 {
+            1
+        } else {
+            self.clock.saturating_sub(self.max_age).max(1)
+        }
+    }
+
+    /// The matrix (all slots ever used) and the per-slot ticks, for the scan.
+    pub(super) fn rows(&self) -> (&[f32], &[u64]) {
+        (&self.embeddings, &self.ticks)
+    }
+
+    /// The embedding in `slot`.
+    pub(super) fn row(&self, slot: u32) -> &[f32] {
+        let start = slot as usize * self.dim;
+        &self.embeddings[start..start + self.dim]
+    }
+
+    /// The tick of `slot` ([`FREE`] if free).
+    pub(super) fn tick(&self, slot: u32) -> u64 {
+        self.ticks[slot as usize]
+    }
+
+    /// The slot of a live experience.
+    pub(super) fn slot_of(&self, id: u64) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Live experiences with id ≥ `from`, oldest first: the graph's un-indexed tail.
+    pub(super) fn tail(&self, from: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.by_id.range(from..).map(|(&id, &slot)| (id, slot))
+    }
+
+    /// The newest live id, if any.
+    pub(super) fn last_id(&self) -> Option<u64> {
+        self.by_id.last_key_value().map(|(&id, _)| id)
+    }
+
+    /// The neighbour record for a hit in `slot` with cosine `similarity`.
+    pub(super) fn neighbor(&self, slot: u32, similarity: f32) -> Neighbor {
+        let s = slot as usize;
+        let tick = self.ticks[s];
+        Neighbor {
+            id: tick,
+            similarity: similarity.clamp(-1.0, 1.0),
+            label: self.labels[s],
+            trust: self.trusts[s],
+            age: self.clock - tick,
+        }
+    }
+
+    /// Appends up to `max` live rows with id ≥ `from` to `ids`/`rows` (oldest first);
+    /// returns how many. Used to feed a graph without holding the lock while inserting.
+    pub(super) fn copy_tail(
+        &self,
+        from: u64,
+        max: usize,
+        ids: &mut Vec<u64>,
+        rows: &mut Vec<f32>,
+    ) -> usize {
+        let mut n = 0;
+        for (id, slot) in self.tail(from).take(max) {
+            ids.push(id);
+            rows.extend_from_slice(self.row(slot));
+            n += 1;
+        }
+        n
+    }
+
+    /// Stores `exp` (its embedding already validated: right length, finite, non-zero)
+    /// under the next tick, evicting the lowest-priority, oldest experience when full;
+    /// the newcomer itself is the one dropped if its priority is the lowest. Evicted
+    /// ids are appended to `evicted`. Returns the new id if it was kept.
+    pub(super) fn insert(&mut self, exp: Experience, evicted: &mut Vec<u64>) -> Option<u64> {
+        self.clock += 1;
+        let id = self.clock;
+        let key = priority_key(exp.priority);
+        if self.by_id.len() >= self.capacity {
+            let &(lowest_key, lowest_id) = self
+                .by_priority
+                .first()
+                .expect("a full store has a lowest priority: this is a bug");
+            if key < lowest_key {
+                evicted.push(id);
+                return None;
+            }
+            self.remove(lowest_id);
+            evicted.push(lowest_id);
+        }
+        let inv_norm = 1.0 / squared_norm(&exp.embedding).sqrt();
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                let s = slot as usize;
+                let start = s * self.dim;
+                for (dst, src) in self.embeddings[start..start + self.dim]
+                    .iter_mut()
+                    .zip(&exp.embedding)
+                {
+                    *dst = src * inv_norm;
+                }
+                self.ticks[s] = id;
+                self.labels[s] = exp.label;
+                self.trusts[s] = exp.trust;
+                self.priorities[s] = exp.priority;
+                self.features[s] = exp.features.into_boxed_slice();
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.ticks.len())
+                    .expect("slots fit u32 (validated capacity): this is a bug");
+                self.embeddings
+                    .extend(exp.embedding.iter().map(|x| x * inv_norm));
+                self.ticks.push(id);
+                self.labels.push(exp.label);
+                self.trusts.push(exp.trust);
+                self.priorities.push(exp.priority);
+                self.features.push(exp.features.into_boxed_slice());
+                slot
+            }
+        };
+        self.by_id.insert(id, slot);
+        self.by_priority.insert((key, id));
+        Some(id)
+    }
+
+    /// Evicts every experience older than `max_age`: it can never be returned again,
+    /// and left in place it would dilute the graph and the scan. Evicted ids are
+    /// appended to `evicted`.
+    pub(super) fn expire(&mut self, evicted: &mut Vec<u64>) {
+        let min_tick = self.min_tick();
+        while let Some((&id, _)) = self.by_id.first_key_value() {
+            if id >= min_tick {
+                break;
+            }
+            self.remove(id);
+            evicted.push(id);
+        }
+    }
+
+    /// Frees the slot of live experience `id`.
+    fn remove(&mut self, id: u64) {
+        let slot = self
+            .by_id
+            .remove(&id)
+            .expect("removing a live id: this is a bug");
+        let s = slot as usize;
+        self.by_priority
+            .remove(&(priority_key(self.priorities[s]), id));
+        self.ticks[s] = FREE;
+        self.features[s] = Box::default();
+        self.free.push(slot);
+    }
+
+    /// Every live experience, oldest first (embeddings unit-length).
+    pub(super) fn snapshot(&self) -> Vec<Experience> {
+        self.by_id
+            .values()
+            .map(|&slot| {
+                let s = slot as usize;
+                Experience {
+                    embedding: self.row(slot).to_vec(),
+                    features: self.features[s].to_vec(),
+                    label: self.labels[s],
+                    trust: self.trusts[s],
+                    priority: self.priorities[s],
+                }
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for Store {
+    // The matrix is megabytes; show the shape only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dim", &self.dim)
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exp(embedding: Vec<f32>, priority: f32) -> Experience {
+        Experience {
+            embedding,
+            features: vec![1.0],
+            label: 0,
+            trust: 1.0,
+            priority,
+        }
+    }
+
+    fn ids(store: &Store) -> Vec<u64> {
+        store.tail(0).map(|(id, _)| id).collect()
+    }
+
+    #[test]
+    fn priority_key_orders_like_floats() {
+        let xs = [-2.0f32, -0.5, -0.0, 0.0, 0.3, 0.9, 1.0, 7.5];
+        for w in xs.windows(2) {
+            assert!(
+                priority_key(w[0]) <= priority_key(w[1]),
+                "{} vs {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    #[test]
+    fn eviction_takes_lowest_priority_then_oldest() {
+        let mut s = Store::new(2, 3, 0);
+        let mut ev = Vec::new();
+        s.insert(exp(vec![1.0, 0.0], 0.5), &mut ev); // id 1
+        s.insert(exp(vec![1.0, 0.0], 0.2), &mut ev); // id 2
+        s.insert(exp(vec![1.0, 0.0], 0.2), &mut ev); // id 3
+        assert!(ev.is_empty());
+        s.insert(exp(vec![0.0, 1.0], 0.9), &mut ev); // evicts 2: lowest, older of the two
+        assert_eq!(ev, vec![2]);
+        s.insert(exp(vec![0.0, 1.0], 0.9), &mut ev); // evicts 3
+        assert_eq!(ev, vec![2, 3]);
+        s.insert(exp(vec![0.0, 1.0], 0.9), &mut ev); // evicts 1 (0.5)
+        assert_eq!(ev, vec![2, 3, 1]);
+        assert_eq!(ids(&s), vec![4, 5, 6]);
+        // The newcomer with the lowest priority is the one dropped.
+        s.insert(exp(vec![0.0, 1.0], 0.1), &mut ev);
+        assert_eq!(ev, vec![2, 3, 1, 7]);
+        assert_eq!(ids(&s), vec![4, 5, 6]);
+        // Equal priority: the oldest goes, not the newcomer.
+        s.insert(exp(vec![0.0, 1.0], 0.9), &mut ev);
+        assert_eq!(ev.last(), Some(&4));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn capacity_holds_and_slots_are_reused() {
+        let mut s = Store::new(4, 10, 0);
+        let mut ev = Vec::new();
+        for i in 0..1000 {
+            s.insert(exp(vec![1.0, i as f32, 0.0, 2.0], (i % 7) as f32), &mut ev);
+            assert!(s.len() <= 10);
+        }
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.rows().1.len(), 10, "the matrix never grows past capacity");
+        assert_eq!(ev.len(), 990);
+        // Rows are unit length.
+        for (_, slot) in s.tail(0) {
+            assert!((squared_norm(s.row(slot)) - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn expiry_drops_rows_older_than_max_age() {
+        let mut s = Store::new(1, 100, 3);
+        let mut ev = Vec::new();
+        for _ in 0..10 {
+            s.insert(exp(vec![1.0], 1.0), &mut ev);
+            s.expire(&mut ev);
+        }
+        // Clock 10, max_age 3: ticks 7..=10 (ages 3..=0) remain.
+        assert_eq!(ids(&s), vec![7, 8, 9, 10]);
+        assert_eq!(s.min_tick(), 7);
+        assert_eq!(ev, vec![1, 2, 3, 4, 5, 6]);
+        let slot = s.slot_of(7).expect("live");
+        assert_eq!(s.neighbor(slot, 1.0).age, 3);
+    }
+
+    #[test]
+    fn snapshot_round_trips_live_rows_oldest_first() {
+        let mut s = Store::new(2, 2, 0);
+        let mut ev = Vec::new();
+        for p in [0.1, 0.8, 0.5] {
+            s.insert(exp(vec![3.0, 4.0], p), &mut ev);
+        }
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.iter().map(|e| e.priority).collect::<Vec<_>>(),
+            vec![0.8, 0.5]
+        );
+        assert_eq!(snap[0].embedding, vec![0.6, 0.8]);
+        assert_eq!(snap[0].features, vec![1.0]);
+    }
+}

@@ -1,0 +1,29 @@
+//! # adaptserve
+//!
+//! An online-learning inference server: it serves a classification model over HTTP
+//! and keeps improving it while it serves.
+//!
+//! # Layout
+//! - [`app`] — assembles the server and runs it until shutdown.
+//! - [`config`] — the CLI, the TOML file, the typed config sections.
+//! - [`engine`] — the request path: micro-batched model thread, cold start, temporal
+//!   vote with adaptive λ, confidence gate, k-NN breaker, delayed-label joins.
+//! - [`http`] — axum routes, limits, and the one error shape.
+//! - [`knn`] — the experience memory: exact scan and HNSW behind one trait.
+//! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
+//! - [`shutdown`] — SIGTERM/SIGINT.
+//! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
+//! - [`telemetry`] — logging.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod knn;
+pub mod model;
+pub mod shutdown;
+pub mod simulate;
+pub mod telemetry;
+
+/// The crate version, reported by `/v1/status` and the worker.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,61 @@
+//! The `adaptserve` binary: arguments → config → telemetry → `app::run`.
+
+use std::process::ExitCode;
+
+use adaptserve::config::{Cli, Command, Config, ServeArgs};
+use adaptserve::{app, model, shutdown, telemetry};
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        app::ensure_single_threaded_kernels();
+    }
+    telemetry::init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::InitModel(a) => {
+            model::init_model(a.input_dim, a.num_classes, &a.hidden, a.seed, &a.output)
+                .map(|c| {
+                    println!(
+                        "wrote a fresh FP16 model ({} → {:?} → {}) to {}",
+                        c.input_dim,
+                        c.hidden,
+                        c.num_classes,
+                        a.output.display()
+                    )
+                })
+                .map_err(anyhow::Error::from)
+        }
+        Command::Quantize(a) => model::quantize(&a.input, &a.output)
+            .map(|report| println!("{report}"))
+            .map_err(anyhow::Error::from),
+        Command::TrainDefault(a) => model::train_default_model(&a.output, a.seed)
+            .map(|report| println!("{report}"))
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::from_serve_args(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("adaptserve-rt")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let addr = config.bind_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        app::run(config, listener, shutdown::signal()).await
+    })
+}

@@ -1,0 +1,2 @@
+//! Simulation: the synthetic drifting task (the chaos driver comes later).
+pub mod stream;

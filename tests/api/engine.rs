@@ -1,0 +1,90 @@
+//! The engine in-process: the k-NN circuit breaker and the fallback path. An HNSW
+//! problem must never fail a request.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use adaptserve::engine::{BreakerState, FeedbackTarget, InferPath, LabelRef};
+
+use crate::common::{sample, test_config};
+
+#[tokio::test]
+async fn knn_failures_fall_back_open_the_breaker_and_recover() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(state.path());
+    config.engine.cold_start_threshold = 20;
+    config.engine.breaker_failures = 3;
+    config.engine.breaker_cooldown_ms = 200;
+    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    for t in 0..30 {
+        let (x, y) = sample(t);
+        engine
+            .feedback(FeedbackTarget::Features(x), LabelRef::Index(y as u64))
+            .await
+            .unwrap();
+    }
+    assert!(engine.memory().flush(Duration::from_secs(10)));
+    let (x, _) = sample(99);
+    let reply = engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
+    assert_eq!(reply.predictions[0].path, InferPath::Ensemble);
+
+    engine.memory().set_fault_injection(true);
+    for i in 0..5 {
+        let reply = engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
+        let p = &reply.predictions[0];
+        assert_eq!(p.path, InferPath::Fallback, "request {i} still answered");
+        assert_eq!(p.neighbors_used, 0);
+        let sum: f32 = p.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-3);
+    }
+    // Three failures opened the breaker; the next two skipped the search entirely.
+    assert_eq!(engine.stats().knn_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(engine.status().breaker, BreakerState::Open);
+
+    engine.memory().set_fault_injection(false);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let reply = engine.infer_and_adapt(vec![x]).await.unwrap();
+    assert_eq!(
+        reply.predictions[0].path,
+        InferPath::Ensemble,
+        "half-open trial succeeded"
+    );
+    assert_eq!(engine.status().breaker, BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn hedge_lambda_moves_only_on_labelled_feedback() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(state.path());
+    config.engine.cold_start_threshold = 20;
+    config.engine.confidence_threshold = 0.0; // every answer becomes a pseudo-label
+    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    for t in 0..30 {
+        let (x, y) = sample(t);
+        engine
+            .feedback(FeedbackTarget::Features(x), LabelRef::Index(y as u64))
+            .await
+            .unwrap();
+    }
+    assert!(engine.memory().flush(Duration::from_secs(10)));
+    let lambda0 = engine.status().lambda;
+    let mut ids = Vec::new();
+    for t in 200..240 {
+        let (x, _) = sample(t);
+        let reply = engine.infer_and_adapt(vec![x]).await.unwrap();
+        ids.push((reply.predictions[0].request_id, t));
+    }
+    assert_eq!(
+        engine.status().lambda,
+        lambda0,
+        "pseudo-labels never move λ"
+    );
+    for (id, t) in ids {
+        let (_, y) = sample(t);
+        engine
+            .feedback(FeedbackTarget::Request(id), LabelRef::Index(y as u64))
+            .await
+            .unwrap();
+    }
+    assert_ne!(engine.status().lambda, lambda0, "labelled feedback moves λ");
+}

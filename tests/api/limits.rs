@@ -1,0 +1,95 @@
+//! Overload and timeouts, provoked deterministically: a client that sends headers
+//! and then only part of its body holds its request (and its concurrency permit)
+//! open for as long as it likes.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::common::{TestServer, client};
+
+/// Opens a `/v1/infer` request whose body never completes.
+async fn stalled_request(server: &TestServer) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /v1/infer HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"inputs\": [[";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+async fn infer_status(server: &TestServer) -> (u16, Value) {
+    let body = serde_json::json!({"inputs": [vec![0.5f32; 16]]});
+    let r = client()
+        .post(server.url("/v1/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn concurrency_limit_answers_429_and_recovers() {
+    let server = TestServer::start_with(|c| c.server.max_concurrency = 1).await;
+    let stalled = stalled_request(&server).await;
+    // Give the server a moment to route the stalled request and take the permit.
+    let mut seen = None;
+    for _ in 0..50 {
+        let (status, body) = infer_status(&server).await;
+        if status == 429 {
+            seen = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = seen.expect("a second request while the permit is held gets 429");
+    assert_eq!(body["error_type"], "overloaded");
+    // Health stays reachable under overload.
+    let live = client()
+        .get(server.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    drop(stalled);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if infer_status(&server).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        recovered,
+        "the permit is released when the client goes away"
+    );
+}
+
+#[tokio::test]
+async fn slow_request_times_out_with_503() {
+    let server = TestServer::start_with(|c| c.server.request_timeout_ms = 300).await;
+    let mut stream = stalled_request(&server).await;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+            if response.windows(4).any(|w| w == b"\r\n\r\n") && response.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server answered within 10 s");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"error_type\":\"timeout\""), "{text}");
+}

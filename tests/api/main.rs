@@ -1,0 +1,13 @@
+//! Integration tests over real sockets and real processes.
+//!
+//! One test binary with a module per area (cargo links each `tests/*.rs` separately,
+//! so one binary builds once). Shared helpers live in `tests/common`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod engine;
+mod infer;
+mod limits;
+mod process;

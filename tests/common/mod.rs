@@ -1,0 +1,143 @@
+//! Shared helpers for the integration tests: a real server on a real socket.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adaptserve::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The shipped default model.
+pub fn default_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default")
+}
+
+/// A config for tests: default model, a fresh state dir, port 0.
+pub fn test_config(state_dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.model = default_model();
+    config.server.port = 0;
+    config.server.state_dir = state_dir.to_path_buf();
+    config
+}
+
+/// A server running in this process on `127.0.0.1:<free port>`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _state: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts the default model with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts its config; waits until it is ready.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        adaptserve::telemetry::init();
+        let state = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(state.path());
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(adaptserve::app::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _state: state,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn wait_ready(&self) {
+        let client = client();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(self.url("/health/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server at {} never became ready", self.addr);
+    }
+
+    /// `GET /v1/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        client()
+            .get(self.url("/v1/status"))
+            .send()
+            .await
+            .expect("status request")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
+    /// Polls `/v1/status` until the memory holds at least `n` experiences.
+    pub async fn wait_experiences(&self, n: u64) {
+        for _ in 0..400 {
+            if self.status().await["experiences"].as_u64().unwrap_or(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "memory never reached {n} experiences: {}",
+            self.status().await
+        );
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("server handle");
+        tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .expect("server stopped within 20 s")
+            .expect("server task did not panic")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An HTTP client with a timeout, so no test can hang on the network.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// A sample of the synthetic task the default model was trained on.
+pub fn sample(t: u64) -> (Vec<f32>, u32) {
+    let stream = adaptserve::simulate::stream::SyntheticStream::new(Default::default());
+    let s = stream.sample(t);
+    (s.features, s.label)
+}
