@@ -3,18 +3,24 @@
 # server, at 1 and 64 connections, with wrk. Prints req/s, p50, p99 and infer/bare.
 #
 #   scripts/load_test.sh [--url http://127.0.0.1:8080] [--duration 10] [--warm 2000]
+#                        [--config FILE]
+#
+# The infer requests are confident, so each becomes a pseudo-label and the memory
+# grows towards its capacity during the run; pass a config with
+# `[engine] pseudo_labels = false` to hold the memory at the warm size instead.
 #
 # Without --url it builds the release binary, starts it on a free port with a fresh
 # state dir, warms the memory with --warm labelled feedbacks, and stops it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-url="" duration=10 warm=2000
+url="" duration=10 warm=2000 config=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --url) url="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --warm) warm="$2"; shift 2 ;;
+    --config) config="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +34,10 @@ trap cleanup EXIT
 if [ -z "$url" ]; then
   cargo build --release --quiet
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  NO_COLOR=1 ./target/release/adaptserve serve --port "$port" --state-dir "$work/state" 2>"$work/server.log" &
+  extra=()
+  [ -n "$config" ] && extra=(--config "$config")
+  NO_COLOR=1 "${CARGO_TARGET_DIR:-target}/release/adaptserve" serve --port "$port" \
+    --state-dir "$work/state" "${extra[@]}" 2>"$work/server.log" &
   server_pid=$!
   url="http://127.0.0.1:$port"
   for _ in $(seq 100); do curl -sf "$url/health/ready" >/dev/null && break; sleep 0.1; done

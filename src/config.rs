@@ -281,6 +281,10 @@ pub struct BatcherConfig {
     /// How long the idle model thread keeps polling before it parks. Waking a parked
     /// thread costs more than a small forward pass; 0 parks at once.
     pub idle_spin_us: u64,
+    /// A request of at most this many rows, arriving while the model thread is idle
+    /// and nobody else is in flight, runs on its own task instead (no thread
+    /// handoff). 0 sends everything through the model thread.
+    pub inline_max_rows: usize,
 }
 
 impl Default for BatcherConfig {
@@ -291,6 +295,7 @@ impl Default for BatcherConfig {
             target_latency_us: 1_000,
             queue_capacity: 1_000,
             idle_spin_us: 200,
+            inline_max_rows: 4,
         }
     }
 }

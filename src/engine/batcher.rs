@@ -62,6 +62,8 @@ pub struct BatcherStats {
     pub batches: AtomicU64,
     /// Rows run through the model.
     pub rows: AtomicU64,
+    /// Jobs run inline on the caller's thread (the lone-request fast path).
+    pub inline: AtomicU64,
     /// Jobs refused because the queue was full.
     pub rejected: AtomicU64,
     /// Jobs waiting in the queue.
@@ -81,6 +83,13 @@ pub struct ModelClient {
     incoming: Arc<AtomicUsize>,
     stats: Arc<BatcherStats>,
     capacity: usize,
+    /// The serving model, for the inline fast path.
+    model: Arc<ArcSwap<Mlp>>,
+    /// Jobs of at most this many rows may run inline; 0 disables the fast path.
+    inline_max_rows: usize,
+    /// 1 while the model thread is running a batch: the fast path stays off then, so
+    /// concurrent requests queue and batch instead of each running alone.
+    busy: Arc<AtomicUsize>,
 }
 
 /// Marks one announced request; dropping it withdraws the announcement.
@@ -112,6 +121,10 @@ impl ModelClient {
         rows: usize,
         announcement: Announcement,
     ) -> Result<ModelOutput, BatcherError> {
+        if self.can_run_inline(rows) {
+            drop(announcement);
+            return self.run_inline(&inputs, rows);
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job {
             inputs,
@@ -136,6 +149,28 @@ impl ModelClient {
             }
         }
         rx.await.map_err(|_| BatcherError::Stopped)?
+    }
+
+    /// The fast path: a small job while nobody else is queued, announced or being
+    /// batched gains nothing from the model thread, and the two thread handoffs
+    /// (tens of µs each on a VM) would cost ten times the forward pass itself.
+    fn can_run_inline(&self, rows: usize) -> bool {
+        rows <= self.inline_max_rows
+            && self.incoming.load(Ordering::Acquire) == 1
+            && self.stats.queued.load(Ordering::Acquire) == 0
+            && self.busy.load(Ordering::Acquire) == 0
+    }
+
+    fn run_inline(&self, inputs: &[f32], rows: usize) -> Result<ModelOutput, BatcherError> {
+        let model = self.model.load();
+        let forward = model
+            .forward(inputs, rows)
+            .map_err(|e| BatcherError::Forward {
+                message: e.to_string(),
+            })?;
+        self.stats.inline.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        Ok(slice_rows(&forward, 0, rows, model.version()))
     }
 
     /// The batcher's counters.
@@ -164,15 +199,24 @@ impl ModelThread {
         let stats = Arc::new(BatcherStats::default());
         stats.target_batch.store(1, Ordering::Relaxed);
         let incoming = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let client = ModelClient {
             tx,
             incoming: incoming.clone(),
             stats: stats.clone(),
             capacity: config.queue_capacity,
+            model: model.clone(),
+            inline_max_rows: config.inline_max_rows,
+            busy: busy.clone(),
+        };
+        let shared = Shared {
+            incoming,
+            stats,
+            busy,
         };
         let handle = std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || run(model, rx, config, incoming, stats))?;
+            .spawn(move || run(model, rx, config, shared))?;
         Ok(Self {
             client: Some(client),
             handle: Some(handle),
@@ -197,19 +241,26 @@ impl Drop for ModelThread {
     }
 }
 
-fn run(
-    model: Arc<ArcSwap<Mlp>>,
-    rx: Receiver<Job>,
-    config: BatcherConfig,
+/// What the model thread shares with its clients.
+struct Shared {
     incoming: Arc<AtomicUsize>,
     stats: Arc<BatcherStats>,
-) {
+    busy: Arc<AtomicUsize>,
+}
+
+fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, shared: Shared) {
+    let Shared {
+        incoming,
+        stats,
+        busy,
+    } = shared;
     let max_delay = Duration::from_micros(config.max_queue_delay_us);
     let target_latency = Duration::from_micros(config.target_latency_us);
     let mut target = config.max_batch_size.clamp(1, 8);
     let mut batch: Vec<Job> = Vec::with_capacity(config.max_batch_size);
     let idle_spin = Duration::from_micros(config.idle_spin_us);
     while let Some(first) = next_job(&rx, idle_spin) {
+        busy.store(1, Ordering::Release);
         let deadline = Instant::now() + max_delay;
         let mut rows = first.rows;
         batch.push(first);
@@ -252,6 +303,7 @@ fn run(
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
         target = adapt_target(target, rows, elapsed, target_latency, config.max_batch_size);
         stats.target_batch.store(target, Ordering::Relaxed);
+        busy.store(0, Ordering::Release);
     }
 }
 

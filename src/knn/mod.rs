@@ -25,7 +25,7 @@
 //!   still in the submit queue.
 //!
 //! # Layout
-//! - [`config`]: [`MemoryConfig`], its defaults and their reasons, validation.
+//! - `config`: [`MemoryConfig`], its defaults and their reasons, validation.
 //! - `store`: the experience buffer: matrix and parallel arrays, eviction, expiry.
 //! - `exact`: the SIMD-friendly scan, the top-k selection, [`ExactIndex`].
 //! - `hnsw`: the hnsw_rs graph, tombstone filtering, the tail merge, (re)builds,
@@ -33,7 +33,7 @@
 //! - `indexer`: the background thread that drains the queue and feeds the graph.
 //! - `memory`: the [`Memory`] facade the engine uses, and [`MemoryStats`].
 
-pub mod config;
+mod config;
 mod exact;
 mod hnsw;
 mod indexer;

@@ -26,7 +26,7 @@ pub(super) struct Store {
     capacity: usize,
     /// Rows older than this many ticks are expired; 0 = never.
     max_age: u64,
-    /// Experiences inserted so far; the newest live experience has this tick.
+    /// Experiences inserted so far; the newest one got this tick.
     clock: u64,
     /// `slots × dim` floats, unit-length rows. Reserved up front (virtual memory only)
     /// so it never reallocates while the write lock is held.

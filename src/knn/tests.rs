@@ -207,34 +207,37 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         insert_queue: 4,
         ..Default::default()
     });
-    // Hold the store's write lock: the indexer stalls on its first batch, the queue fills.
+    // Hold the store's write lock: the indexer stalls on its first batch (at most a
+    // few hundred experiences), then the queue fills and stays full.
     let stall = m.shared.store.write();
     let (done_tx, done_rx) = mpsc::channel();
     let submitter = {
         let m = m.clone();
         thread::spawn(move || {
-            let outcomes: Vec<_> = (0..50)
-                .map(|_| m.submit(exp(vec![1.0, 0.0], 0, 1.0)))
-                .collect();
-            done_tx.send(outcomes).expect("test alive");
+            let (mut queued, mut full, mut full_in_a_row) = (0usize, 0usize, 0);
+            while full_in_a_row < 50 && queued < 100_000 {
+                match m.submit(exp(vec![1.0, 0.0], 0, 1.0)) {
+                    Ok(()) => (queued, full_in_a_row) = (queued + 1, 0),
+                    Err(KnnError::QueueFull { capacity: 4 }) => {
+                        (full, full_in_a_row) = (full + 1, full_in_a_row + 1);
+                    }
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            done_tx.send((queued, full)).expect("test alive");
         })
     };
-    // Watchdog: a blocking submit would never get here.
-    let outcomes = done_rx
+    // Watchdog: a blocking submit would never send.
+    let (queued, full) = done_rx
         .recv_timeout(PATIENCE)
         .expect("submit blocked on a full queue");
     submitter.join().expect("submitter");
-    let full = outcomes
-        .iter()
-        .filter(|r| matches!(r, Err(KnnError::QueueFull { capacity: 4 })))
-        .count();
-    let queued = outcomes.iter().filter(|r| r.is_ok()).count();
-    assert!(full >= 40, "{full} refusals");
-    assert_eq!(full + queued, 50);
+    assert!(full >= 50, "{full} refusals, {queued} queued");
     assert_eq!(m.stats().dropped_inserts, full as u64);
     drop(stall);
     assert!(m.flush(PATIENCE));
     assert_eq!(m.len(), queued);
+    assert_eq!(m.stats().pending, 0);
 }
 
 #[test]
@@ -421,7 +424,12 @@ fn check_recall(n: usize) {
     let mut data = clustered(n + 200, dim, 50, 0.12, 5);
     let queries = data.split_off(n);
     for v in data {
-        m.submit(exp(v, 0, 1.0)).expect("queued");
+        // A burst larger than the queue outruns the indexer's coalescing sleep: back
+        // off on QueueFull (this test is about recall, not the queue's bound).
+        while let Err(e) = m.submit(exp(v.clone(), 0, 1.0)) {
+            assert!(matches!(e, KnnError::QueueFull { .. }), "{e}");
+            assert!(m.flush(PATIENCE));
+        }
     }
     assert!(m.flush_index(PATIENCE));
     let graph = m.hnsw_index().expect("graph");
