@@ -223,10 +223,14 @@ impl Engine {
         if !self.gate.admits(confidence) {
             return false;
         }
+        // Priorities are tiers (label 1.0 > bootstrap > pseudo), not scores: eviction
+        // takes the lowest priority, then the oldest, so within a tier the memory
+        // keeps the most recent experiences. A confidence-scaled priority would keep
+        // old confident pseudo-labels over fresh ones, which loses under drift.
         let priority = if path == InferPath::ColdStart {
             self.config.bootstrap_priority
         } else {
-            self.config.pseudo_trust * confidence
+            self.config.pseudo_trust
         };
         let experience = Experience {
             embedding: embedding.to_vec(),

@@ -88,3 +88,30 @@ async fn hedge_lambda_moves_only_on_labelled_feedback() {
     }
     assert_ne!(engine.status().lambda, lambda0, "labelled feedback moves λ");
 }
+
+#[tokio::test]
+async fn a_full_memory_keeps_bootstrap_and_the_newest_pseudo_labels() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config(state.path());
+    config.memory.capacity = 50;
+    config.engine.cold_start_threshold = 10;
+    config.engine.confidence_threshold = 0.0; // every answer is learned
+    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    let inputs: Vec<Vec<f32>> = (0..200).map(|t| sample(t).0).collect();
+    for x in &inputs {
+        engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
+        // One at a time, so exactly the first 10 answers are cold-start bootstrap.
+        assert!(engine.memory().flush(Duration::from_secs(10)));
+    }
+    let kept: Vec<Vec<f32>> = engine
+        .memory()
+        .snapshot()
+        .into_iter()
+        .map(|e| e.features)
+        .collect();
+    assert_eq!(kept.len(), 50);
+    let expected: Vec<Vec<f32>> = inputs[..10].iter().chain(&inputs[160..]).cloned().collect();
+    for x in &expected {
+        assert!(kept.contains(x), "memory lost an experience it should keep");
+    }
+}
