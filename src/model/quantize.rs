@@ -71,6 +71,12 @@ impl fmt::Display for QuantizeReport {
 /// directory has none. `output` may also be a directory, which receives
 /// `model.safetensors`. Metadata (including the version) is carried over.
 pub fn quantize(input: &Path, output: &Path) -> Result<QuantizeReport, ModelError> {
+    // Name the input itself when it is missing, not the config.json beside it.
+    if !input.is_file() {
+        return Err(ModelError::MissingFile {
+            path: input.to_path_buf(),
+        });
+    }
     let config = input.parent().unwrap_or(Path::new(".")).join(CONFIG_FILE);
     let original = Mlp::load_files(&config, input)?;
     let output = if output.is_dir() {
@@ -211,6 +217,17 @@ mod tests {
             quantize(&tmp.path().join("nope.safetensors"), &tmp.path().join("o")).unwrap_err();
         assert!(
             matches!(&err, ModelError::MissingFile { path } if path.ends_with("nope.safetensors")),
+            "{err}"
+        );
+        // Also where no config.json stands beside it: the input is what is missing.
+        let empty = tempfile::tempdir().unwrap();
+        let err = quantize(
+            &empty.path().join("gone.safetensors"),
+            &empty.path().join("o"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::MissingFile { path } if path.ends_with("gone.safetensors")),
             "{err}"
         );
     }
