@@ -9,21 +9,29 @@
 //! - [`engine`] — the request path: micro-batched model thread, cold start, temporal
 //!   vote with adaptive λ, confidence gate, k-NN breaker, delayed-label joins.
 //! - [`http`] — axum routes, limits, and the one error shape.
+//! - [`ipc`] — the shared-memory ring to the update-worker (the only `unsafe`).
 //! - [`knn`] — the experience memory: exact scan and HNSW behind one trait.
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
 //! - [`telemetry`] — logging.
+//! - [`wal`] — the write-ahead log of updates: segments, group commit, repair, replay.
+//! - [`update`] — the server's side of the update path: WAL writer, worker process,
+//!   hot swap, checkpoints.
 
 pub mod app;
 pub mod config;
 pub mod engine;
 pub mod http;
+#[allow(unsafe_code)]
+pub mod ipc;
 pub mod knn;
 pub mod model;
 pub mod shutdown;
 pub mod simulate;
 pub mod telemetry;
+pub mod update;
+pub mod wal;
 
 /// The crate version, reported by `/v1/status` and the worker.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

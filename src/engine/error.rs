@@ -32,6 +32,8 @@ pub enum EngineError {
     Overloaded { what: &'static str },
     #[error("the model is unavailable: {reason}")]
     ModelUnavailable { reason: String },
+    #[error("updates cannot be accepted: {reason}")]
+    UpdatesUnavailable { reason: String },
 }
 
 impl From<BatcherError> for EngineError {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::vote::loss;
-use super::{Engine, EngineError, Update, UpdateKind, check_finite};
+use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
 use crate::knn::Experience;
 
 /// What a label is attached to.
@@ -51,14 +51,15 @@ impl Engine {
         label: LabelRef,
     ) -> Result<FeedbackReceipt, EngineError> {
         let label = self.resolve_label(&label)?;
-        let (features, embedding, scored) = match target {
+        let (features, embedding, joined) = match target {
             FeedbackTarget::Request(request_id) => {
                 let pending = self
                     .pending
                     .take(request_id, Instant::now())
                     .ok_or(EngineError::UnknownRequest { request_id })?;
-                let scored = (pending.predicted, pending.p_model, pending.p_knn);
-                (pending.features, pending.embedding, Some(scored))
+                let features = pending.features.clone();
+                let embedding = pending.embedding.clone();
+                (features, embedding, Some((request_id, pending)))
             }
             FeedbackTarget::Features(features) => {
                 let dim = self.model.load().input_dim();
@@ -78,42 +79,61 @@ impl Engine {
             }
         };
 
+        // The label is acknowledged only once its update is in the log, and nothing
+        // else changes before that: a refused feedback (full queue, closed log) puts
+        // the prediction back so the client can retry the same request_id.
+        let update = Update {
+            kind: UpdateKind::Label,
+            features: features.clone(),
+            label,
+            weight: LABEL_TRUST,
+            model_version: self.model.load().version(),
+        };
+        let logged = match self.sink.submit(update) {
+            Ok(receipt) => receipt.await.unwrap_or(Err(SinkError::Closed)),
+            Err(e) => Err(e),
+        };
+        let seq = match logged {
+            Ok(seq) => seq,
+            Err(e) => {
+                if let Some((request_id, pending)) = joined {
+                    self.pending.insert(request_id, pending, Instant::now());
+                }
+                return Err(match e {
+                    SinkError::Full => EngineError::Overloaded {
+                        what: "the update log queue",
+                    },
+                    SinkError::Closed | SinkError::Log(_) => EngineError::UpdatesUnavailable {
+                        reason: e.to_string(),
+                    },
+                });
+            }
+        };
+
         let experience = Experience {
             embedding,
-            features: features.clone(),
+            features,
             label,
             trust: LABEL_TRUST,
             priority: LABEL_PRIORITY,
         };
         // A full insert queue costs the memory this experience (counted); the label
-        // still reaches the update sink, which is what acknowledges it.
+        // is already in the log, which is what acknowledges it.
         if self.memory.submit(experience).is_err() {
             self.stats.memory_drops.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some((predicted, p_model, p_knn)) = scored {
+        if let Some((_, pending)) = joined {
             let y = label as usize;
-            if let Some(p_knn) = p_knn {
-                self.hedge.update(loss(&p_model, y), loss(&p_knn, y));
+            if let Some(p_knn) = &pending.p_knn {
+                self.hedge.update(loss(&pending.p_model, y), loss(p_knn, y));
             }
-            self.gate.observe_label(predicted != label);
+            self.gate.observe_label(pending.predicted != label);
             self.stats.labels_scored.fetch_add(1, Ordering::Relaxed);
-            if predicted == label {
+            if pending.predicted == label {
                 self.stats.labels_correct.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.stats.labels.fetch_add(1, Ordering::Relaxed);
-        let seq = self
-            .sink
-            .offer(Update {
-                kind: UpdateKind::Label,
-                features,
-                label,
-                weight: LABEL_TRUST,
-                model_version: self.model.load().version(),
-            })
-            .map_err(|e| EngineError::ModelUnavailable {
-                reason: e.to_string(),
-            })?;
         Ok(FeedbackReceipt { seq })
     }
 

@@ -37,7 +37,7 @@ pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
 pub use pending::{PendingMap, PendingPrediction};
-pub use sink::{LocalSink, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
+pub use sink::{LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
 pub use vote::{Hedge, argmax, blend, knn_distribution, loss};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
@@ -144,6 +144,18 @@ impl Engine {
     /// The serving model.
     pub fn model(&self) -> arc_swap::Guard<Arc<Mlp>> {
         self.model.load()
+    }
+
+    /// Puts `model` into service (same shape: the checkpoint store checks it).
+    /// Batches that already loaded the old version finish on it.
+    pub fn swap_model(&self, model: Mlp) {
+        self.model.store(Arc::new(model));
+    }
+
+    /// Up to `n` recent inputs (concatenated) with their client labels where known:
+    /// the probe set for comparing versions.
+    pub fn probe(&self, n: usize) -> (Vec<f32>, Vec<Option<u32>>) {
+        self.memory.recent_probe(n)
     }
 
     /// The k-NN memory.

@@ -1,10 +1,10 @@
 //! The seam between the request path and the update path.
 //!
 //! Every labelled feedback, and every pseudo-label that passes the gate, becomes an
-//! [`Update`] offered to an [`UpdateSink`]. The sink assigns it a sequence number and
-//! must never block the request path. Today's sink, [`LocalSink`], only sequences and
-//! counts: labels already reach the k-NN memory directly and there is no worker yet.
-//! The WAL + shared-memory ring sink plugs in here without touching the engine.
+//! [`Update`] handed to an [`UpdateSink`], which gives it a sequence number and must
+//! never block the request path. The server's sink is the WAL pipeline
+//! (`crate::update::pipeline`); [`LocalSink`] lets benches and engine tests run
+//! without one.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ pub enum UpdateKind {
 }
 
 /// One training update for the worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Update {
     pub kind: UpdateKind,
     /// Raw features (the worker owns the standardiser).
@@ -32,48 +32,68 @@ pub struct Update {
 }
 
 /// Why a sink refused an update.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    #[error("the update sink is closed")]
+    #[error("the update log is closed (the server is shutting down)")]
     Closed,
+    #[error("the update log's queue is full")]
+    Full,
+    #[error("the update log cannot be written: {0}")]
+    Log(String),
 }
 
 /// Counters every sink reports in `/v1/status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkStats {
-    /// Updates accepted and sequenced.
+    /// The last sequence number logged: every update ever accepted, across restarts.
     pub sent: u64,
     /// Updates the worker has applied to the weights.
     pub applied: u64,
-    /// Updates that missed the fast path (they stay in the WAL once there is one).
+    /// Updates the ring could not carry (they stay in the WAL and are replayed).
     pub dropped: u64,
+    /// Updates refused before reaching the log (queue full): pseudo-labels only,
+    /// since a refused feedback is answered 429 rather than acknowledged.
+    pub refused: u64,
 }
 
-/// Where updates go. Implementations must not block: they run on the request path.
+/// Resolves to an update's sequence number once it is in the log.
+pub type Receipt = tokio::sync::oneshot::Receiver<Result<u64, SinkError>>;
+
+/// Where updates go. Neither method blocks: they run on the request path.
 pub trait UpdateSink: Send + Sync + Debug {
-    /// Accepts an update and returns its sequence number.
-    fn offer(&self, update: Update) -> Result<u64, SinkError>;
+    /// Fire and forget (pseudo-labels): queued or refused at once, never awaited.
+    fn offer(&self, update: Update) -> Result<(), SinkError>;
+    /// Queues an update whose caller waits for its sequence number: a feedback is
+    /// acknowledged only once its update is written to the log.
+    fn submit(&self, update: Update) -> Result<Receipt, SinkError>;
     /// The sink's counters.
     fn stats(&self) -> SinkStats;
 }
 
-/// The sink used until the worker exists: sequences and counts updates, and applies
-/// none to the weights (the k-NN memory learns from labels directly).
+/// An in-process sink for benches and tests of the engine alone: sequences and
+/// counts updates, applies none to the weights (the k-NN memory learns from labels
+/// directly).
 #[derive(Debug, Default)]
 pub struct LocalSink {
     next_seq: AtomicU64,
 }
 
 impl UpdateSink for LocalSink {
-    fn offer(&self, _update: Update) -> Result<u64, SinkError> {
-        Ok(self.next_seq.fetch_add(1, Ordering::Relaxed) + 1)
+    fn offer(&self, _update: Update) -> Result<(), SinkError> {
+        self.next_seq.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn submit(&self, _update: Update) -> Result<Receipt, SinkError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Ok(self.next_seq.fetch_add(1, Ordering::Relaxed) + 1));
+        Ok(rx)
     }
 
     fn stats(&self) -> SinkStats {
         SinkStats {
             sent: self.next_seq.load(Ordering::Relaxed),
-            applied: 0,
-            dropped: 0,
+            ..SinkStats::default()
         }
     }
 }
@@ -83,7 +103,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_sink_sequences_from_one() {
+    fn local_sink_sequences_from_one_and_acknowledges_at_once() {
         let sink = LocalSink::default();
         let u = Update {
             kind: UpdateKind::Label,
@@ -92,8 +112,8 @@ mod tests {
             weight: 1.0,
             model_version: 0,
         };
-        assert_eq!(sink.offer(u.clone()).unwrap(), 1);
-        assert_eq!(sink.offer(u).unwrap(), 2);
+        sink.offer(u.clone()).unwrap();
+        assert_eq!(sink.submit(u).unwrap().try_recv().unwrap(), Ok(2));
         assert_eq!(sink.stats().sent, 2);
     }
 }

@@ -41,9 +41,16 @@ pub enum ApiError {
     /// The server cannot serve this right now (model not loaded, shutting down).
     #[error("{0}")]
     Unavailable(String),
-    /// An admin route without a valid bearer token.
-    #[error("missing or invalid bearer token")]
+    /// An admin route without a bearer token.
+    #[error("missing bearer token: send Authorization: Bearer <admin token>")]
     Unauthorized,
+    /// An admin route with a bearer token that is not the configured one.
+    #[error("the bearer token is not valid for this server")]
+    WrongToken,
+    /// The request conflicts with the server's state (no worker to sync with, a
+    /// checkpoint that cannot be restored).
+    #[error("{0}")]
+    Conflict(String),
     /// An admin route while no admin token is configured.
     #[error("admin routes are disabled: no admin token is configured")]
     Forbidden,
@@ -71,6 +78,8 @@ impl ApiError {
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::WrongToken => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -106,6 +115,10 @@ impl From<EngineError> for ApiError {
             EngineError::ModelUnavailable { reason } => {
                 tracing::error!(%reason, "model unavailable");
                 Self::Unavailable("the model is unavailable".into())
+            }
+            EngineError::UpdatesUnavailable { reason } => {
+                tracing::error!(%reason, "update log unavailable");
+                Self::Unavailable("updates cannot be accepted right now; retry later".into())
             }
         }
     }

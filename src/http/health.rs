@@ -1,9 +1,8 @@
 //! `/health`, `/health/live`, `/health/ready` and `/v1/status`.
 //!
 //! `/health` rates each component green, yellow or red so an operator sees at a
-//! glance what is degraded; it answers 503 only when something is red. Until the
-//! update-worker exists the worker component reports `disabled` (yellow): serving
-//! works, and labels reach the k-NN memory, but the weights do not train.
+//! glance what is degraded; it answers 503 only when something is red. A worker that
+//! is down is yellow, not red: serving goes on and its updates wait in the WAL.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,8 +37,50 @@ fn component(status: Light, detail: impl Into<String>) -> Component {
     }
 }
 
-/// The worker's state until the update path exists.
-const WORKER_STATE: &str = "disabled";
+/// `{"pid", "state", "restarts"}` of the update-worker.
+fn worker_json(state: &AppState) -> Value {
+    match &state.updates {
+        Some(u) => {
+            let w = u.worker().status();
+            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts()})
+        }
+        None => json!({"pid": null, "state": "disabled", "restarts": 0}),
+    }
+}
+
+/// The worker rated: yellow whenever the weights are not learning (serving goes on,
+/// the WAL keeps every update for when the worker is back), never red.
+fn worker_component(state: &AppState) -> Component {
+    use crate::update::worker::WorkerState;
+    let Some(u) = &state.updates else {
+        return component(Light::Yellow, "no update path: weights do not train");
+    };
+    let w = u.worker().status();
+    match w.state() {
+        WorkerState::Running => component(
+            Light::Green,
+            format!("pid {}, {} restarts", w.pid().unwrap_or(0), w.restarts()),
+        ),
+        other => component(
+            Light::Yellow,
+            format!(
+                "{}: weights do not train until it runs; updates wait in the WAL",
+                other.as_str()
+            ),
+        ),
+    }
+}
+
+/// `{"depth", "capacity", "dropped", "generation"}` of the shared-memory ring.
+fn ring_json(state: &AppState) -> Value {
+    match &state.updates {
+        Some(u) => {
+            let r = u.pipeline().ring();
+            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": r.dropped(), "generation": r.generation()})
+        }
+        None => json!({"depth": 0, "capacity": 0, "dropped": 0}),
+    }
+}
 
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
     let engine = &state.engine;
@@ -76,10 +117,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
         Light::Green
     };
     let queue = component(queue_light, format!("{queued} of {capacity} queued"));
-    let worker = component(
-        Light::Yellow,
-        "no update-worker yet: labels feed the k-NN memory, weights do not train",
-    );
+    let worker = worker_component(&state);
     let alerts = component(Light::Green, "log");
     let overall = [
         model.status,
@@ -99,7 +137,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
     let body = json!({
         "status": overall,
         "mode": mode(status.cold_start),
-        "worker": {"state": WORKER_STATE},
+        "worker": worker_json(&state),
         "components": {
             "model": model,
             "memory": memory,
@@ -142,10 +180,25 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         "input_dim": s.input_dim,
         "num_classes": s.num_classes,
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
-        "worker": {"pid": null, "state": WORKER_STATE, "restarts": 0},
-        "ring": {"depth": 0, "capacity": 0, "dropped": 0},
-        "wal_bytes": 0,
-        "updates": {"sent": s.updates.sent, "applied": s.updates.applied, "dropped": s.updates.dropped},
+        "worker": worker_json(&state),
+        "ring": ring_json(&state),
+        "wal_bytes": state.updates.as_ref().map_or(0, |u| u.pipeline().wal_bytes()),
+        "updates": {
+            "sent": s.updates.sent,
+            "applied": state.updates.as_ref().map_or(s.updates.applied, |u| s.updates.applied.max(u.settled())),
+            "settled": state.updates.as_ref().map(|u| u.settled()),
+            "dropped": s.updates.dropped,
+            "refused": s.updates.refused,
+        },
+        "swaps": state.updates.as_ref().map(|u| {
+            let st = u.stats();
+            json!({
+                "swapped": st.swaps.load(Ordering::Relaxed),
+                "rejected": st.rejections.load(Ordering::Relaxed),
+                "last_kl": st.last_kl(),
+                "mean_kl_divergence": st.mean_kl(),
+            })
+        }),
         "memory": {
             "backend": m.backend.to_string(),
             "capacity": m.capacity,

@@ -8,6 +8,7 @@
 //! - a request timeout (503 `timeout`);
 //! - the body limit, enforced inside [`AppJson`] so a 413 has the common error shape.
 
+mod admin;
 mod error;
 mod feedback;
 mod health;
@@ -28,6 +29,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::ServerConfig;
 use crate::engine::Engine;
+use crate::update::swap::UpdatePath;
 
 pub use error::{ApiError, AppJson, PayloadLimit};
 
@@ -36,6 +38,8 @@ pub use error::{ApiError, AppJson, PayloadLimit};
 pub struct AppState {
     /// The request path.
     pub engine: Arc<Engine>,
+    /// The update path (WAL, worker, swaps); `None` for an engine-only server.
+    pub updates: Option<Arc<UpdatePath>>,
     /// The server's settings (limits, admin token).
     pub config: ServerConfig,
     /// False until the model is loaded and warmed, and again once shutdown begins,
@@ -47,9 +51,14 @@ pub struct AppState {
 
 impl AppState {
     /// State for `engine`, not yet ready.
-    pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        updates: Option<Arc<UpdatePath>>,
+        config: ServerConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            updates,
             config,
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -90,8 +99,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/infer", post(infer::infer))
         .route("/v1/feedback", post(feedback::feedback))
         .layer(limits);
+    // Admin routes: the token check wraps the whole sub-router, and no request
+    // timeout, since the sync barrier may legitimately wait for a training step.
+    let admin = Router::new()
+        .route("/v1/admin/sync", post(admin::sync))
+        .route("/v1/admin/checkpoint", post(admin::checkpoint))
+        .route("/v1/admin/rollback", post(admin::rollback))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/v1/status", get(health::status))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

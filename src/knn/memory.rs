@@ -334,6 +334,13 @@ impl Memory {
             .map(|graph| HnswIndex::new(self.shared.clone(), graph))
     }
 
+    /// Up to `n` of the newest experiences' raw features (concatenated) and, for
+    /// those a client labelled, the label: the probe set on which a new model version
+    /// is compared with the serving one.
+    pub fn recent_probe(&self, n: usize) -> (Vec<f32>, Vec<Option<u32>>) {
+        self.shared.store.read().recent_probe(n)
+    }
+
     /// Every live experience, oldest first, with unit-length embeddings: for memory
     /// snapshots at shutdown. Holds the read lock while copying (about a millisecond
     /// per 50k rows at dim 32), so it is not for the request path.

@@ -32,12 +32,14 @@
 //!   [`HnswIndex`].
 //! - `indexer`: the background thread that drains the queue and feeds the graph.
 //! - `memory`: the [`Memory`] facade the engine uses, and [`MemoryStats`].
+//! - [`snapshot`]: the memory's file at shutdown and restart.
 
 mod config;
 mod exact;
 mod hnsw;
 mod indexer;
 mod memory;
+pub mod snapshot;
 mod store;
 #[cfg(test)]
 mod tests;

@@ -251,6 +251,19 @@ impl Store {
         self.free.push(slot);
     }
 
+    /// The raw features of the `n` newest live experiences, concatenated, newest
+    /// first, with each one's label if a client gave it (trust 1.0).
+    pub(super) fn recent_probe(&self, n: usize) -> (Vec<f32>, Vec<Option<u32>>) {
+        let mut features = Vec::new();
+        let mut labels = Vec::new();
+        for &slot in self.by_id.values().rev().take(n) {
+            let s = slot as usize;
+            features.extend_from_slice(&self.features[s]);
+            labels.push((self.trusts[s] >= 1.0).then_some(self.labels[s]));
+        }
+        (features, labels)
+    }
+
     /// Every live experience, oldest first (embeddings unit-length).
     pub(super) fn snapshot(&self) -> Vec<Experience> {
         self.by_id

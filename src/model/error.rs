@@ -182,6 +182,30 @@ pub enum ModelError {
         dtype: &'static str,
     },
 
+    /// A state directory belongs to another model, or its records are unreadable.
+    #[error("state {path} cannot be used: {reason}")]
+    StateMismatch {
+        /// The file that disagrees.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Sample weights of a training step are missing, negative, non-finite or all zero.
+    #[error(
+        "sample weights must be {rows} finite values >= 0 with a positive sum (got {found} values)"
+    )]
+    BadSampleWeights {
+        /// Rows in the batch.
+        rows: usize,
+        /// Weights given.
+        found: usize,
+    },
+    /// A standardiser update has the wrong length or a non-finite or negative value.
+    #[error("a standardiser needs {input_dim} finite means and {input_dim} finite variances >= 0")]
+    BadStandardiser {
+        /// The model's input dimension.
+        input_dim: usize,
+    },
     /// The input slice of a forward pass or training step is not `rows * input_dim` long.
     #[error("expected {rows} rows × {input_dim} features = {expected} values, got {found}")]
     InputLength {

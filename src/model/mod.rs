@@ -16,6 +16,7 @@
 //! - [`store`]: loading any float dtype, atomic saving in F16 or F32.
 //! - `dtype`: bytes ↔ f32 for each safetensors float dtype.
 //! - [`init`]: seeded fresh weights (`adaptserve init-model`).
+//! - [`kl`]: how far a new version moved from the serving one, on a probe set.
 //! - [`quantize`](mod@quantize): F32 → F16 with a measured output difference (`adaptserve quantize`).
 //! - [`trainer`]: mini-batch AdamW over a model's parameters.
 //! - [`train`]: the shipped default model's recipe (`adaptserve train-default`).
@@ -24,6 +25,7 @@ pub mod config;
 mod dtype;
 pub mod error;
 pub mod init;
+pub mod kl;
 pub mod mlp;
 mod params;
 pub mod quantize;

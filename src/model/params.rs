@@ -7,7 +7,7 @@
 
 /// Added to the variance before the square root, as in `(x-mean)/sqrt(var+1e-8)`, so a
 /// constant feature maps to 0 instead of dividing by zero.
-const NORM_EPS: f64 = 1e-8;
+pub(crate) const NORM_EPS: f64 = 1e-8;
 
 /// Plain f32 parameters in PyTorch's layout, the form files and optimisers exchange.
 #[derive(Debug, Clone, PartialEq)]

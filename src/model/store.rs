@@ -134,7 +134,7 @@ impl Mlp {
     }
 
     /// Writes only the weights file, atomically; see [`Mlp::save`] for `metadata`.
-    pub(crate) fn save_weights(
+    pub fn save_weights(
         &self,
         path: &Path,
         dtype: SaveDtype,
@@ -240,7 +240,7 @@ fn parse_version(value: Option<&str>, path: &Path) -> Result<u64, ModelError> {
 /// Replaces `path` with `bytes` so that readers see the old or the new contents only:
 /// write a sibling temp file, fsync it, rename it over `path`, fsync the directory so
 /// the rename itself survives a power cut.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

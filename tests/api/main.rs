@@ -7,7 +7,9 @@
 mod common;
 
 mod bad_input;
+mod crash;
 mod engine;
 mod infer;
 mod limits;
 mod process;
+mod update;

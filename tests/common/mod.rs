@@ -14,12 +14,18 @@ pub fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default")
 }
 
-/// A config for tests: default model, a fresh state dir, port 0.
+/// The admin token every test server gets.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A config for tests: default model, a fresh state dir, port 0, the test admin
+/// token, a quick worker restart.
 pub fn test_config(state_dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.server.model = default_model();
     config.server.port = 0;
     config.server.state_dir = state_dir.to_path_buf();
+    config.server.admin_token = Some(adaptserve::config::Secret::new(ADMIN_TOKEN));
+    config.worker.restart_delay_ms = 100;
     config
 }
 
@@ -28,7 +34,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _state: tempfile::TempDir,
+    /// The state dir, when the server owns it (deleted with the server).
+    _state: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -39,9 +46,16 @@ impl TestServer {
 
     /// Starts a server after `tweak` adjusts its config; waits until it is ready.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        adaptserve::telemetry::init();
         let state = tempfile::tempdir().expect("temp dir");
-        let mut config = test_config(state.path());
+        let mut server = Self::start_at(state.path(), tweak).await;
+        server._state = Some(state);
+        server
+    }
+
+    /// Starts a server on an existing state dir (which outlives it: restart tests).
+    pub async fn start_at(state_dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        adaptserve::telemetry::init();
+        let mut config = test_config(state_dir);
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -56,7 +70,7 @@ impl TestServer {
             addr,
             shutdown: Some(tx),
             handle: Some(handle),
-            _state: state,
+            _state: None,
         };
         server.wait_ready().await;
         server
@@ -104,6 +118,38 @@ impl TestServer {
             "memory never reached {n} experiences: {}",
             self.status().await
         );
+    }
+
+    /// `POST` an admin route with the test token; returns status and JSON body.
+    pub async fn admin(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = client()
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The sync barrier; panics unless it answers 200.
+    pub async fn sync(&self) -> serde_json::Value {
+        let (status, body) = self.admin("/v1/admin/sync", serde_json::json!({})).await;
+        assert_eq!(status, 200, "sync failed: {body}");
+        body
+    }
+
+    /// Polls `/v1/status` until the worker is running.
+    pub async fn wait_worker(&self) -> serde_json::Value {
+        for _ in 0..400 {
+            let s = self.status().await;
+            if s["worker"]["state"] == "running" {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the worker never ran: {}", self.status().await);
     }
 
     /// Triggers graceful shutdown and waits for `run` to return.

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+mod update;
+
+pub use update::{FsyncMode, SwapConfig, WalSection, WorkerConfig};
+
 /// adaptserve: an online-learning inference server.
 #[derive(Debug, Parser)]
 #[command(name = "adaptserve", version, about, long_about = None)]
@@ -150,6 +154,9 @@ pub struct Config {
     pub batcher: BatcherConfig,
     pub memory: MemorySection,
     pub alerts: AlertConfig,
+    pub wal: WalSection,
+    pub worker: WorkerConfig,
+    pub swap: SwapConfig,
 }
 
 /// HTTP server settings.
@@ -473,6 +480,7 @@ impl Config {
                 ),
             ));
         }
+        update::validate(&self.wal, &self.worker, &self.swap)?;
         if self.alerts.webhook_format.is_some() && self.alerts.webhook_url.is_none() {
             return Err(invalid(
                 "webhook_format",

@@ -1,0 +1,122 @@
+//! `/v1/admin/*`: the sync barrier, checkpoints, rollback. Bearer token only.
+//!
+//! Every admin route sits behind [`require_token`], applied to the admin router as a
+//! whole, so a route added later cannot forget it. No token configured means the
+//! routes are closed (403), not open. The comparison with the configured token runs
+//! in time independent of where the strings differ.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppJson, AppState};
+use crate::update::swap::{SyncReply, UpdateError};
+
+/// Refuses a request without the configured bearer token.
+pub(super) async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.config.admin_token.as_ref() else {
+        return Err(ApiError::Forbidden);
+    };
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if !constant_time_eq(given.trim().as_bytes(), expected.expose().as_bytes()) {
+        return Err(ApiError::WrongToken);
+    }
+    Ok(next.run(request).await)
+}
+
+/// Equality whose running time depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+fn updates(state: &AppState) -> Result<&Arc<crate::update::swap::UpdatePath>, ApiError> {
+    state
+        .updates
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this server has no update path".into()))
+}
+
+impl From<UpdateError> for ApiError {
+    fn from(e: UpdateError) -> Self {
+        match e {
+            UpdateError::NoWorker => Self::Conflict(e.to_string()),
+            UpdateError::SyncTimeout { .. } => Self::Unavailable(e.to_string()),
+            UpdateError::UnknownVersion { .. } => Self::NotFound(e.to_string()),
+            UpdateError::Checkpoint { .. } => Self::Conflict(e.to_string()),
+            UpdateError::Log(_) => Self::Unavailable(e.to_string()),
+            UpdateError::State(reason) => Self::Internal(reason),
+        }
+    }
+}
+
+/// `POST /v1/admin/sync`: returns once every update accepted before the call is in
+/// the serving weights.
+pub(super) async fn sync(
+    State(state): State<Arc<AppState>>,
+) -> Result<AppJson<SyncReply>, ApiError> {
+    Ok(AppJson(updates(&state)?.sync().await?))
+}
+
+/// `POST /v1/admin/checkpoint`: the sync barrier, then the WAL fsynced.
+pub(super) async fn checkpoint(
+    State(state): State<Arc<AppState>>,
+) -> Result<AppJson<SyncReply>, ApiError> {
+    Ok(AppJson(updates(&state)?.checkpoint().await?))
+}
+
+/// `{"version": N}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RollbackRequest {
+    version: u64,
+}
+
+/// `{"model_version": N, "applied_seq": S}`.
+#[derive(Debug, Serialize)]
+pub(super) struct RollbackReply {
+    model_version: u64,
+    applied_seq: u64,
+}
+
+/// `POST /v1/admin/rollback {version}`: serves a kept version again.
+pub(super) async fn rollback(
+    State(state): State<Arc<AppState>>,
+    AppJson(request): AppJson<RollbackRequest>,
+) -> Result<AppJson<RollbackReply>, ApiError> {
+    let reply = updates(&state)?.rollback(request.version).await?;
+    Ok(AppJson(RollbackReply {
+        model_version: reply.model_version,
+        applied_seq: reply.applied_seq,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

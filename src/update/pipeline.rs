@@ -1,0 +1,354 @@
+//! The WAL writer thread: the server's [`UpdateSink`].
+//!
+//! The request path only ever does a `try_send` into a bounded queue; one OS thread
+//! owns the WAL and the ring's producer end. Per wake-up it drains up to
+//! `group_max` queued updates, appends them, commits them with a single write(2)
+//! (group commit, at most one fsync under the policy), and only then pushes each to
+//! the ring and answers the feedbacks waiting on it. So an update reaches the worker
+//! only after it is in the log, and a 202 means "in the log": a SIGKILL of the server
+//! after that loses nothing (the page cache outlives the process), and the fsync
+//! policy bounds what a machine crash can take (see `FsyncMode`).
+//!
+//! A std channel rather than a tokio one: the consumer is a plain thread that blocks
+//! on `recv`, and `try_send` from async code never blocks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::codec;
+use crate::engine::{Receipt, SinkError, SinkStats, Update, UpdateSink};
+use crate::ipc::{Producer, PushError, Ring};
+use crate::wal::Wal;
+
+/// What the writer thread is asked to do, in queue order.
+enum Command {
+    /// Log an update; `ack` (feedbacks) receives its sequence number.
+    Append {
+        payload: Vec<u8>,
+        ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
+    },
+    /// Answers the last logged sequence number once everything queued before it is
+    /// committed: the start of the sync barrier.
+    Barrier(oneshot::Sender<u64>),
+    /// Deletes WAL segments wholly at or below this sequence number.
+    Truncate(u64),
+    /// Commits and fsyncs everything queued before it.
+    Flush(oneshot::Sender<Result<(), String>>),
+    /// Flush, then stop the thread.
+    Shutdown(oneshot::Sender<Result<(), String>>),
+}
+
+/// Counters the writer thread publishes for `/v1/status` and the metrics.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The last sequence number committed to the WAL.
+    last_seq: AtomicU64,
+    /// Bytes of WAL on disk.
+    wal_bytes: AtomicU64,
+    /// Pseudo-labels refused because the queue was full.
+    refused: AtomicU64,
+    /// Commits that failed (each failing the updates in it).
+    wal_errors: AtomicU64,
+}
+
+/// The update pipeline's handle: cheap to share, never blocks.
+#[derive(Debug)]
+pub struct Pipeline {
+    tx: SyncSender<Command>,
+    shared: Arc<Shared>,
+    ring: Arc<Ring>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append { .. } => "Append",
+            Self::Barrier(_) => "Barrier",
+            Self::Truncate(_) => "Truncate",
+            Self::Flush(_) => "Flush",
+            Self::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl Pipeline {
+    /// Starts the writer thread over an opened WAL and a ring it will produce into.
+    /// The ring's `produced_seq` is set to the WAL's last sequence number, so a worker
+    /// learns at once of updates logged before this start.
+    pub fn start(
+        wal: Wal,
+        ring: Arc<Ring>,
+        queue: usize,
+        group_max: usize,
+    ) -> std::io::Result<Self> {
+        let producer = ring.producer().ok_or_else(|| {
+            std::io::Error::other("the ring already has a producer: this is a bug")
+        })?;
+        ring.set_produced_seq(wal.last_seq());
+        let shared = Arc::new(Shared::default());
+        shared.last_seq.store(wal.last_seq(), Ordering::Relaxed);
+        shared.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
+        let (tx, rx) = sync_channel(queue);
+        let writer = Writer {
+            wal,
+            producer,
+            shared: shared.clone(),
+            group_max,
+        };
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self {
+            tx,
+            shared,
+            ring,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The ring this pipeline produces into.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+
+    /// The last sequence number committed.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of WAL on disk.
+    pub fn wal_bytes(&self) -> u64 {
+        self.shared.wal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Commits that failed.
+    pub fn wal_errors(&self) -> u64 {
+        self.shared.wal_errors.load(Ordering::Relaxed)
+    }
+
+    /// The last sequence number logged once everything queued before this call is
+    /// committed.
+    pub async fn barrier(&self) -> Result<u64, SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_blocking_ok(Command::Barrier(tx))?;
+        rx.await.map_err(|_| SinkError::Closed)
+    }
+
+    /// Commits and fsyncs everything queued before this call.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_blocking_ok(Command::Flush(tx))?;
+        rx.await
+            .map_err(|_| SinkError::Closed)?
+            .map_err(SinkError::Log)
+    }
+
+    /// Asks the writer to delete WAL segments wholly at or below `seq` (best effort:
+    /// a full queue skips it, the next swap asks again).
+    pub fn truncate_through(&self, seq: u64) {
+        let _ = self.tx.try_send(Command::Truncate(seq));
+    }
+
+    /// Commits and fsyncs everything queued, stops the writer and joins it. Later
+    /// updates are refused with [`SinkError::Closed`]. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), SinkError> {
+        let (tx, rx) = oneshot::channel();
+        if self.send_blocking_ok(Command::Shutdown(tx)).is_ok() {
+            rx.await
+                .map_err(|_| SinkError::Closed)?
+                .map_err(SinkError::Log)?;
+        }
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            // The thread has answered and is returning; joining takes microseconds.
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .ok_or_else(|| SinkError::Log("the wal-writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Control messages must not be lost to a momentarily full queue: retry briefly
+    /// off the async threads instead of failing.
+    fn send_blocking_ok(&self, command: Command) -> Result<(), SinkError> {
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(SinkError::Closed),
+            Err(TrySendError::Full(command)) => {
+                let tx = self.tx.clone();
+                // A bounded wait: the writer drains thousands of records per ms.
+                std::thread::spawn(move || {
+                    let _ = tx.send(command);
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn enqueue(
+        &self,
+        update: &Update,
+        ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
+    ) -> Result<(), SinkError> {
+        let mut payload = Vec::with_capacity(codec::encoded_len(update.features.len()));
+        codec::encode(update, &mut payload);
+        match self.tx.try_send(Command::Append { payload, ack }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SinkError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SinkError::Closed),
+        }
+    }
+}
+
+impl UpdateSink for Pipeline {
+    fn offer(&self, update: Update) -> Result<(), SinkError> {
+        let result = self.enqueue(&update, None);
+        if result.is_err() {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn submit(&self, update: Update) -> Result<Receipt, SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(&update, Some(tx))?;
+        Ok(rx)
+    }
+
+    fn stats(&self) -> SinkStats {
+        SinkStats {
+            sent: self.last_seq(),
+            applied: self.ring.applied_seq(),
+            dropped: self.ring.dropped(),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How long the idle writer sleeps between checks that its handle still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The writer thread's state.
+struct Writer {
+    wal: Wal,
+    producer: Producer,
+    shared: Arc<Shared>,
+    group_max: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut group = Vec::with_capacity(self.group_max);
+        loop {
+            let first = match rx.recv_timeout(IDLE_CHECK) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    // An idle interval policy still owes its fsync.
+                    if let Err(e) = self.wal.commit() {
+                        tracing::error!(error = %e, "WAL commit failed");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            group.push(first);
+            while group.len() < self.group_max {
+                match rx.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            if self.handle(&mut group) {
+                return;
+            }
+        }
+        // Every handle is gone without a Shutdown: still leave the log durable.
+        if let Err(e) = self.wal.sync() {
+            tracing::error!(error = %e, "final WAL fsync failed");
+        }
+    }
+
+    /// Handles one group; true when asked to stop.
+    fn handle(&mut self, group: &mut Vec<Command>) -> bool {
+        let mut appended = Vec::with_capacity(group.len());
+        let mut after = Vec::new();
+        for command in group.drain(..) {
+            match command {
+                Command::Append { payload, ack } => match self.wal.append(&payload) {
+                    Ok(seq) => appended.push((seq, payload, ack)),
+                    Err(e) => {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(SinkError::Log(e.to_string())));
+                        }
+                    }
+                },
+                other => after.push(other),
+            }
+        }
+        if !appended.is_empty() {
+            match self.wal.commit() {
+                Ok(()) => {
+                    for (seq, payload, ack) in appended {
+                        match self.producer.try_push(seq, &payload) {
+                            // Full is counted in the ring header; the worker replays
+                            // the record from the WAL.
+                            Ok(()) | Err(PushError::Full) => {}
+                            Err(e) => {
+                                tracing::warn!(seq, error = %e, "update not sent through the ring")
+                            }
+                        }
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Ok(seq));
+                        }
+                    }
+                    let last = self.wal.last_seq();
+                    self.producer.ring().set_produced_seq(last);
+                    self.shared.last_seq.store(last, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.shared.wal_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, records = appended.len(), "WAL commit failed; refusing the updates in it");
+                    for (_, _, ack) in appended {
+                        if let Some(ack) = ack {
+                            let _ = ack.send(Err(SinkError::Log(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+        let mut stop = false;
+        for command in after {
+            match command {
+                Command::Append { .. } => unreachable!("appends were handled above"),
+                Command::Barrier(tx) => {
+                    let _ = tx.send(self.wal.last_seq());
+                }
+                Command::Truncate(seq) => match self.wal.truncate_through(seq) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(segments = n, through = seq, "WAL truncated"),
+                    Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
+                },
+                Command::Flush(tx) => {
+                    let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
+                }
+                Command::Shutdown(tx) => {
+                    let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
+                    stop = true;
+                }
+            }
+        }
+        self.shared
+            .wal_bytes
+            .store(self.wal.bytes(), Ordering::Relaxed);
+        stop
+    }
+}

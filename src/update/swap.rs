@@ -1,0 +1,359 @@
+//! Taking published versions into service, and the admin operations on versions.
+//!
+//! [`UpdatePath`] is the server's hub of the update path. Its swap task polls the
+//! ring header's `published_version` (one atomic load every `poll_ms`); a new
+//! version is loaded and compared with the serving one on a probe set of recent
+//! inputs off the async threads. Above `kl_reject_threshold` — unless it also
+//! answers the probe's client-labelled rows more accurately, which is what learning
+//! looks like — it is rejected and the worker restarts from the serving version,
+//! skipping the updates that produced the rejected one; otherwise it is swapped in with ArcSwap (batches already holding the
+//! old version finish on it), `serving.json` is rewritten, the WAL is truncated below
+//! what the new version has learned and old checkpoints are pruned.
+//!
+//! The *settled* sequence number — every update at or below it is either in the
+//! serving weights or was deliberately skipped — is published on a `watch` channel,
+//! which is what the sync barrier waits on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::checkpoints::{Checkpoints, ServingRecord, applied_seq};
+use super::pipeline::Pipeline;
+use super::worker::{StartPoint, WorkerHandle};
+use crate::config::SwapConfig;
+use crate::engine::{Engine, SinkError};
+use crate::model::kl::compare;
+use crate::model::{Mlp, ModelError};
+
+/// Labelled probe rows needed before accuracy may overrule the KL check; below it
+/// an accuracy difference is noise.
+const MIN_LABELLED: usize = 32;
+
+/// Why an update-path operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("no update worker is configured, so the weights do not learn")]
+    NoWorker,
+    #[error(
+        "updates up to seq {target} were not applied within {timeout_ms} ms (applied through {settled})"
+    )]
+    SyncTimeout {
+        target: u64,
+        settled: u64,
+        timeout_ms: u64,
+    },
+    #[error("version {version} is not on disk (kept: {available:?})")]
+    UnknownVersion { version: u64, available: Vec<u64> },
+    #[error("checkpoint v{version} cannot be loaded: {source}")]
+    Checkpoint { version: u64, source: ModelError },
+    #[error("the update log: {0}")]
+    Log(#[from] SinkError),
+    #[error("cannot write server state: {0}")]
+    State(String),
+}
+
+/// Counters of swaps and rejections, for `/v1/status` and the metrics.
+#[derive(Debug, Default)]
+pub struct SwapStats {
+    /// Versions taken into service.
+    pub swaps: AtomicU64,
+    /// Versions rejected by the KL check or failing to load.
+    pub rejections: AtomicU64,
+    /// The KL of the last version compared, as f64 bits.
+    last_kl: AtomicU64,
+    /// An exponential mean of the KLs compared, as f64 bits (the health metric).
+    mean_kl: AtomicU64,
+}
+
+impl SwapStats {
+    /// KL of the last version compared.
+    pub fn last_kl(&self) -> f64 {
+        f64::from_bits(self.last_kl.load(Ordering::Relaxed))
+    }
+
+    /// Exponential mean (weight 0.2 on the newest) of the KLs compared.
+    pub fn mean_kl(&self) -> f64 {
+        f64::from_bits(self.mean_kl.load(Ordering::Relaxed))
+    }
+
+    fn record_kl(&self, kl: f64) {
+        let compared = self.swaps.load(Ordering::Relaxed) + self.rejections.load(Ordering::Relaxed);
+        let mean = if compared == 0 {
+            kl
+        } else {
+            0.8 * self.mean_kl() + 0.2 * kl
+        };
+        self.last_kl.store(kl.to_bits(), Ordering::Relaxed);
+        self.mean_kl.store(mean.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// What `/v1/admin/sync` and `/v1/admin/checkpoint` answer.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct SyncReply {
+    pub model_version: u64,
+    pub applied_seq: u64,
+}
+
+/// The server's side of the update path.
+#[derive(Debug)]
+pub struct UpdatePath {
+    engine: Arc<Engine>,
+    pipeline: Arc<Pipeline>,
+    worker: WorkerHandle,
+    store: Checkpoints,
+    state_dir: PathBuf,
+    config: SwapConfig,
+    settled: watch::Sender<u64>,
+    /// Serialises swaps and rollbacks (an admin-path lock, never on the request path).
+    versions: tokio::sync::Mutex<()>,
+    stats: SwapStats,
+}
+
+impl UpdatePath {
+    /// Assembles the hub; `settled` is the serving record's floor.
+    pub fn new(
+        engine: Arc<Engine>,
+        pipeline: Arc<Pipeline>,
+        worker: WorkerHandle,
+        store: Checkpoints,
+        state_dir: PathBuf,
+        config: SwapConfig,
+        settled: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            pipeline,
+            worker,
+            store,
+            state_dir,
+            config,
+            settled: watch::Sender::new(settled),
+            versions: tokio::sync::Mutex::new(()),
+            stats: SwapStats::default(),
+        })
+    }
+
+    /// The WAL pipeline.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// The worker handle.
+    pub fn worker(&self) -> &WorkerHandle {
+        &self.worker
+    }
+
+    /// Swap counters.
+    pub fn stats(&self) -> &SwapStats {
+        &self.stats
+    }
+
+    /// Every update at or below this is in the serving weights or was skipped.
+    pub fn settled(&self) -> u64 {
+        *self.settled.borrow()
+    }
+
+    /// Polls for published versions until `stop` flips to true.
+    pub async fn run_swaps(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let ring = self.pipeline.ring().clone();
+        let mut seen = ring.published_version();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.poll_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let published = ring.published_version();
+            if published > seen {
+                seen = published;
+                self.consider(published).await;
+            }
+        }
+    }
+
+    /// Loads `version`, checks it against the serving one, swaps or rejects it.
+    async fn consider(&self, version: u64) {
+        let _guard = self.versions.lock().await;
+        let old: Arc<Mlp> = self.engine.model().clone();
+        if old.version() == version {
+            return;
+        }
+        let (probe, labels) = self.engine.probe(self.config.probe_size);
+        let store = self.store.clone();
+        let compared = tokio::task::spawn_blocking(move || {
+            let new = store.load(version)?;
+            let comparison = compare(&old, &new, &probe, &labels)?;
+            Ok::<_, ModelError>((new, comparison))
+        })
+        .await;
+        let serving = self.engine.model().version();
+        let (new, cmp) = match compared {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::error!(version, error = %e, "a published checkpoint cannot be loaded; rejecting it");
+                self.stats.rejections.fetch_add(1, Ordering::Relaxed);
+                self.restart_worker(serving, self.settled()).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(version, error = %e, "the checkpoint comparison task failed");
+                return;
+            }
+        };
+        self.stats.record_kl(cmp.kl);
+        let applied = applied_seq(&new);
+        let floor = applied.max(self.settled());
+        // A large move that also answers recent client labels better is learning
+        // (a fresh model's first versions move a lot); a large move that does not is
+        // what the check exists to stop.
+        let learned = cmp.labelled >= MIN_LABELLED && cmp.new_accuracy > cmp.old_accuracy;
+        if cmp.kl > self.config.kl_reject_threshold && !learned {
+            self.stats.rejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                version,
+                serving,
+                kl = cmp.kl,
+                threshold = self.config.kl_reject_threshold,
+                labelled = cmp.labelled,
+                old_accuracy = cmp.old_accuracy,
+                new_accuracy = cmp.new_accuracy,
+                "rejected a new version: it moved too far from the serving one without answering labels better; the worker restarts from the serving version"
+            );
+            self.restart_worker(serving, floor).await;
+            return;
+        }
+        self.engine.swap_model(new);
+        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            version,
+            kl = cmp.kl,
+            applied_seq = applied,
+            "swapped in a new version"
+        );
+        self.commit_serving(version, floor).await;
+    }
+
+    /// Records `version` as serving with `floor` settled: the serving record, the
+    /// worker's restart point, the WAL truncation, checkpoint pruning.
+    async fn commit_serving(&self, version: u64, floor: u64) {
+        let record = ServingRecord {
+            version,
+            applied_seq: floor,
+        };
+        let (state_dir, store, keep) = (
+            self.state_dir.clone(),
+            self.store.clone(),
+            self.config.keep_checkpoints,
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            let written = record.write(&state_dir);
+            store.prune(keep + 1, &[version]);
+            written
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(
+                version,
+                "cannot write serving.json; a restart would serve an older version"
+            );
+        }
+        self.worker.advance(StartPoint { version, floor });
+        self.settled.send_if_modified(|s| {
+            let moved = floor > *s;
+            *s = (*s).max(floor);
+            moved
+        });
+        self.pipeline.truncate_through(floor);
+    }
+
+    async fn restart_worker(&self, version: u64, floor: u64) {
+        let record = ServingRecord {
+            version,
+            applied_seq: floor,
+        };
+        let state_dir = self.state_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || record.write(&state_dir)).await;
+        self.settled.send_if_modified(|s| {
+            let moved = floor > *s;
+            *s = (*s).max(floor);
+            moved
+        });
+        self.worker
+            .restart_from(StartPoint { version, floor })
+            .await;
+    }
+
+    /// The barrier: returns once every update accepted before the call is in the
+    /// serving weights (or was skipped with a rejected version).
+    pub async fn sync(&self) -> Result<SyncReply, UpdateError> {
+        if !self.worker.enabled() {
+            return Err(UpdateError::NoWorker);
+        }
+        let target = self.pipeline.barrier().await?;
+        let mut settled = self.settled.subscribe();
+        if *settled.borrow() < target {
+            self.pipeline.ring().request_sync(target);
+            let timeout = Duration::from_millis(self.config.sync_timeout_ms);
+            let waited = tokio::time::timeout(timeout, settled.wait_for(|s| *s >= target)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(UpdateError::SyncTimeout {
+                    target,
+                    settled: self.settled(),
+                    timeout_ms: self.config.sync_timeout_ms,
+                });
+            }
+        }
+        Ok(SyncReply {
+            model_version: self.engine.model().version(),
+            applied_seq: self.settled(),
+        })
+    }
+
+    /// Serves `version` again and restarts the worker from it; updates already
+    /// settled stay settled, later ones are learned on top of the restored weights.
+    pub async fn rollback(&self, version: u64) -> Result<SyncReply, UpdateError> {
+        let _guard = self.versions.lock().await;
+        let available = self.store.versions();
+        if !available.contains(&version) {
+            return Err(UpdateError::UnknownVersion { version, available });
+        }
+        let store = self.store.clone();
+        let model = tokio::task::spawn_blocking(move || store.load(version))
+            .await
+            .map_err(|e| UpdateError::State(e.to_string()))?
+            .map_err(|source| UpdateError::Checkpoint { version, source })?;
+        self.engine.swap_model(model);
+        let floor = self.settled();
+        tracing::info!(version, floor, "rolled back");
+        self.commit_serving(version, floor).await;
+        self.worker
+            .restart_from(StartPoint { version, floor })
+            .await;
+        Ok(SyncReply {
+            model_version: version,
+            applied_seq: floor,
+        })
+    }
+
+    /// The sync barrier (when a worker runs), then an fsync of the WAL: afterwards
+    /// the serving weights hold every update accepted before the call and the log is
+    /// on disk.
+    pub async fn checkpoint(&self) -> Result<SyncReply, UpdateError> {
+        let reply = match self.sync().await {
+            Ok(reply) => reply,
+            Err(UpdateError::NoWorker) => SyncReply {
+                model_version: self.engine.model().version(),
+                applied_seq: self.settled(),
+            },
+            Err(e) => return Err(e),
+        };
+        self.pipeline.flush().await?;
+        Ok(reply)
+    }
+}

@@ -1,0 +1,196 @@
+//! Training: mini-batches of updates, replay of recent labels, the running
+//! standardiser, weighted AdamW steps on f32 master weights.
+//!
+//! Each step mixes the new updates (a pseudo-label weighted by the trust and
+//! confidence the server gave it) with a sample of recent *labelled* experiences at
+//! full weight. Online training on a drifting stream otherwise forgets whatever the
+//! last few hundred updates did not show; replaying labels, never pseudo-labels,
+//! also keeps the model from amplifying its own mistakes.
+
+use std::collections::VecDeque;
+
+use adaptserve::config::WorkerConfig;
+use adaptserve::engine::{Update, UpdateKind};
+use adaptserve::model::{Mlp, Trainer, TrainerSettings};
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A running per-feature mean and variance: exact (1/n) at first, then an
+/// exponential window of about `1/rate` samples so it follows drift.
+#[derive(Debug)]
+struct RunningNorm {
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    n: f64,
+    rate: f64,
+}
+
+impl RunningNorm {
+    fn observe(&mut self, x: &[f32]) {
+        self.n += 1.0;
+        let alpha = (1.0 / self.n).max(self.rate);
+        for ((m, v), &x) in self.mean.iter_mut().zip(&mut self.var).zip(x) {
+            let delta = f64::from(x) - *m;
+            *m += alpha * delta;
+            *v = (1.0 - alpha) * (*v + alpha * delta * delta);
+        }
+    }
+}
+
+/// Samples observed before a standardiser estimated from scratch is trusted.
+const NORM_WARMUP: f64 = 32.0;
+
+/// The worker's model in training.
+#[derive(Debug)]
+pub struct Learner {
+    trainer: Trainer,
+    settings: WorkerConfig,
+    input_dim: usize,
+    num_classes: usize,
+    norm: RunningNorm,
+    /// Whether the model has a standardiser yet. One without gets it installed as is
+    /// (its first layer never saw standardised inputs, so there is no function worth
+    /// preserving); after that, updates preserve the function.
+    norm_installed: bool,
+    /// Inputs, labels and weights of the batch being gathered.
+    x: Vec<f32>,
+    y: Vec<u32>,
+    w: Vec<f32>,
+    /// The highest sequence number in the batch being gathered.
+    batch_seq: u64,
+    replay: VecDeque<(Vec<f32>, u32)>,
+    rng: ChaCha8Rng,
+    /// The last sequence number the weights have learned.
+    pub trained_through: u64,
+    /// Training steps taken.
+    pub steps: u64,
+    /// Updates refused as not fitting the model (wrong width or label).
+    pub refused: u64,
+}
+
+impl Learner {
+    /// Starts from `model`, which has learned everything up to `trained_through`.
+    pub fn new(model: &Mlp, settings: WorkerConfig, trained_through: u64) -> anyhow::Result<Self> {
+        let trainer = Trainer::new(
+            model,
+            TrainerSettings {
+                learning_rate: settings.learning_rate,
+                weight_decay: settings.weight_decay,
+            },
+        )
+        .context("cannot start training")?;
+        let (mean, var) = trainer.standardiser_params();
+        // A model that ships a standardiser knows its data: weigh those statistics as
+        // a full window. One without starts from the first samples.
+        let n = if model.has_norm() {
+            1.0 / settings.norm_rate.max(1e-6)
+        } else {
+            0.0
+        };
+        Ok(Self {
+            input_dim: model.input_dim(),
+            num_classes: model.num_classes(),
+            norm: RunningNorm {
+                mean: mean.iter().map(|&v| f64::from(v)).collect(),
+                var: var.iter().map(|&v| f64::from(v)).collect(),
+                n,
+                rate: settings.norm_rate,
+            },
+            norm_installed: model.has_norm(),
+            trainer,
+            x: Vec::new(),
+            y: Vec::new(),
+            w: Vec::new(),
+            batch_seq: trained_through,
+            replay: VecDeque::with_capacity(settings.replay_capacity),
+            rng: ChaCha8Rng::seed_from_u64(trained_through),
+            trained_through,
+            steps: 0,
+            refused: 0,
+            settings,
+        })
+    }
+
+    /// Rows in the batch being gathered.
+    pub fn batch_len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Adds update `seq` to the batch. An update that does not fit the model is
+    /// counted and skipped (the server checks them, so this means a model change).
+    pub fn add(&mut self, seq: u64, update: Update) {
+        self.batch_seq = seq;
+        let fits = update.features.len() == self.input_dim
+            && (update.label as usize) < self.num_classes
+            && update.features.iter().all(|v| v.is_finite())
+            && update.weight.is_finite()
+            && update.weight > 0.0;
+        if !fits {
+            self.refused += 1;
+            tracing::warn!(seq, "skipping an update that does not fit the model");
+            return;
+        }
+        self.norm.observe(&update.features);
+        if update.kind == UpdateKind::Label {
+            if self.replay.len() == self.settings.replay_capacity {
+                self.replay.pop_front();
+            }
+            if self.settings.replay_capacity > 0 {
+                self.replay
+                    .push_back((update.features.clone(), update.label));
+            }
+        }
+        self.x.extend_from_slice(&update.features);
+        self.y.push(update.label);
+        self.w.push(update.weight);
+    }
+
+    /// Trains one step on the gathered batch plus replayed labels; afterwards the
+    /// weights have learned everything up to the batch's last sequence number.
+    pub fn train(&mut self) -> anyhow::Result<()> {
+        if self.y.is_empty() {
+            // Only skipped updates: nothing to learn, but they are accounted for.
+            self.trained_through = self.batch_seq;
+            return Ok(());
+        }
+        if self.norm.n >= NORM_WARMUP {
+            let mean: Vec<f32> = self.norm.mean.iter().map(|&v| v as f32).collect();
+            let var: Vec<f32> = self.norm.var.iter().map(|&v| v as f32).collect();
+            let applied = self
+                .trainer
+                .set_standardiser(&mean, &var, self.norm_installed)
+                .context("updating the standardiser")?;
+            if !applied {
+                tracing::debug!(
+                    "standardiser update skipped: the first layer would leave FP16 range"
+                );
+            }
+            self.norm_installed = true;
+        }
+        // Replay only labels seen in earlier batches: the newest ones are already in.
+        let fresh = self.y.len();
+        let older = self.replay.len().saturating_sub(fresh);
+        for _ in 0..self.settings.replay_per_batch.min(older) {
+            let (x, y) = &self.replay[self.rng.random_range(0..older)];
+            self.x.extend_from_slice(x);
+            self.y.push(*y);
+            self.w.push(1.0);
+        }
+        self.trainer
+            .step_weighted(&self.x, &self.y, &self.w)
+            .context("a training step")?;
+        self.x.clear();
+        self.y.clear();
+        self.w.clear();
+        self.steps += 1;
+        self.trained_through = self.batch_seq;
+        Ok(())
+    }
+
+    /// The current weights as a servable model with `version`'s metadata.
+    pub fn snapshot(&mut self, version: u64) -> anyhow::Result<Mlp> {
+        self.trainer.set_version(version, Default::default());
+        self.trainer.to_mlp().context("snapshotting the weights")
+    }
+}
