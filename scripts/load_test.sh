@@ -32,7 +32,7 @@ cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/
 trap cleanup EXIT
 
 if [ -z "$url" ]; then
-  cargo build --release --quiet
+  cargo build --release --workspace --quiet
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   extra=()
   [ -n "$config" ] && extra=(--config "$config")

@@ -38,6 +38,10 @@ pub struct Ring {
     slot_size: usize,
     producer_taken: AtomicBool,
     consumer_taken: AtomicBool,
+    /// The creator unlinks the file when its mapping goes away, so a server that
+    /// stops (or a test that drops one) leaves nothing in /dev/shm. Only SIGKILL
+    /// leaves a ring behind; the supervisor's startup cleanup removes those.
+    owner: bool,
 }
 
 // SAFETY: the mapping is shared memory that both processes access only through
@@ -105,7 +109,7 @@ impl Ring {
         // too, which is the point, and every access below is atomic or follows the
         // stamp protocol, so no Rust reference ever aliases a concurrent write.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io(path))?;
-        let ring = Self::from_map(map, path, capacity, slot_size);
+        let ring = Self::from_map(map, path, capacity, slot_size, true);
         let h = ring.header();
         h.meta.version.store(LAYOUT_VERSION, Ordering::Relaxed);
         h.meta.capacity.store(capacity as u32, Ordering::Relaxed);
@@ -136,27 +140,27 @@ impl Ring {
         if len < HEADER_SIZE {
             return Err(bad(format!("{len} bytes, shorter than the header")));
         }
-        // SAFETY: as in `create`: shared access is atomic or stamp-guarded, and the
-        // length check above keeps the header inside the mapping.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io(path))?;
-        let probe = Self::from_map(map, path, 0, 0);
-        let meta = &probe.header().meta;
-        let magic = meta.magic.load(Ordering::Acquire);
+        // Validate line 0 from a plain read before mapping anything.
+        let mut line = [0u8; 24];
+        std::io::Read::read_exact(&mut &file, &mut line).map_err(io(path))?;
+        let word =
+            |at: usize| u32::from_le_bytes([line[at], line[at + 1], line[at + 2], line[at + 3]]);
+        let magic = u64::from_le_bytes(line[..8].try_into().expect("8 bytes: this is a bug"));
         if magic != MAGIC {
             return Err(IpcError::BadMagic {
                 path: path.to_path_buf(),
                 found: magic,
             });
         }
-        let version = meta.version.load(Ordering::Relaxed);
+        let version = word(8);
         if version != LAYOUT_VERSION {
             return Err(IpcError::VersionMismatch {
                 expected: LAYOUT_VERSION,
                 found: version,
             });
         }
-        let capacity = u64::from(meta.capacity.load(Ordering::Relaxed));
-        let slot_size = meta.slot_size.load(Ordering::Relaxed) as usize;
+        let capacity = u64::from(word(12));
+        let slot_size = word(16) as usize;
         if !capacity.is_power_of_two()
             || slot_size < SLOT_HEADER_SIZE
             || !slot_size.is_multiple_of(64)
@@ -168,11 +172,24 @@ impl Ring {
                 "{len} bytes for {capacity} slots of {slot_size} bytes"
             )));
         }
-        let Ring { _map: map, .. } = probe;
-        Ok(Self::from_map(map, path, capacity, slot_size))
+        // SAFETY: as in `create`: shared access is atomic or stamp-guarded, and the
+        // checks above keep the header and every slot inside the mapping.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io(path))?;
+        let ring = Self::from_map(map, path, capacity, slot_size, false);
+        // The creator stores the magic last; seeing it (Acquire) means seeing the rest.
+        if ring.header().meta.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(bad("the header changed while opening".into()));
+        }
+        Ok(ring)
     }
 
-    fn from_map(mut map: MmapMut, path: &Path, capacity: u64, slot_size: usize) -> Ring {
+    fn from_map(
+        mut map: MmapMut,
+        path: &Path,
+        capacity: u64,
+        slot_size: usize,
+        owner: bool,
+    ) -> Ring {
         let base =
             NonNull::new(map.as_mut_ptr()).expect("a mapping is never at null: this is a bug");
         Ring {
@@ -183,6 +200,7 @@ impl Ring {
             slot_size,
             producer_taken: AtomicBool::new(false),
             consumer_taken: AtomicBool::new(false),
+            owner,
         }
     }
 
@@ -339,6 +357,14 @@ impl Ring {
     /// Deletes the ring file (the mapping stays valid until dropped).
     pub fn remove(&self) -> std::io::Result<()> {
         std::fs::remove_file(&self.path)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -33,6 +33,12 @@ enum Command {
         payload: Vec<u8>,
         ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
     },
+    /// Anything else, handled after the group's appends are committed.
+    Control(Control),
+}
+
+/// The writer's non-append commands.
+enum Control {
     /// Answers the last logged sequence number once everything queued before it is
     /// committed: the start of the sync barrier.
     Barrier(oneshot::Sender<u64>),
@@ -70,10 +76,10 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Append { .. } => "Append",
-            Self::Barrier(_) => "Barrier",
-            Self::Truncate(_) => "Truncate",
-            Self::Flush(_) => "Flush",
-            Self::Shutdown(_) => "Shutdown",
+            Self::Control(Control::Barrier(_)) => "Barrier",
+            Self::Control(Control::Truncate(_)) => "Truncate",
+            Self::Control(Control::Flush(_)) => "Flush",
+            Self::Control(Control::Shutdown(_)) => "Shutdown",
         })
     }
 }
@@ -137,14 +143,14 @@ impl Pipeline {
     /// committed.
     pub async fn barrier(&self) -> Result<u64, SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.send_blocking_ok(Command::Barrier(tx))?;
+        self.send_control(Control::Barrier(tx))?;
         rx.await.map_err(|_| SinkError::Closed)
     }
 
     /// Commits and fsyncs everything queued before this call.
     pub async fn flush(&self) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.send_blocking_ok(Command::Flush(tx))?;
+        self.send_control(Control::Flush(tx))?;
         rx.await
             .map_err(|_| SinkError::Closed)?
             .map_err(SinkError::Log)
@@ -153,14 +159,14 @@ impl Pipeline {
     /// Asks the writer to delete WAL segments wholly at or below `seq` (best effort:
     /// a full queue skips it, the next swap asks again).
     pub fn truncate_through(&self, seq: u64) {
-        let _ = self.tx.try_send(Command::Truncate(seq));
+        let _ = self.tx.try_send(Command::Control(Control::Truncate(seq)));
     }
 
     /// Commits and fsyncs everything queued, stops the writer and joins it. Later
     /// updates are refused with [`SinkError::Closed`]. Idempotent.
     pub async fn shutdown(&self) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
-        if self.send_blocking_ok(Command::Shutdown(tx)).is_ok() {
+        if self.send_control(Control::Shutdown(tx)).is_ok() {
             rx.await
                 .map_err(|_| SinkError::Closed)?
                 .map_err(SinkError::Log)?;
@@ -177,18 +183,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Control messages must not be lost to a momentarily full queue: retry briefly
-    /// off the async threads instead of failing.
-    fn send_blocking_ok(&self, command: Command) -> Result<(), SinkError> {
-        match self.tx.try_send(command) {
+    /// Control messages must not be lost to a momentarily full queue: when it is
+    /// full, a blocking-pool thread waits for room (the writer drains thousands of
+    /// records per millisecond) instead of an async thread.
+    fn send_control(&self, control: Control) -> Result<(), SinkError> {
+        match self.tx.try_send(Command::Control(control)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(SinkError::Closed),
             Err(TrySendError::Full(command)) => {
                 let tx = self.tx.clone();
-                // A bounded wait: the writer drains thousands of records per ms.
-                std::thread::spawn(move || {
-                    let _ = tx.send(command);
-                });
+                tokio::task::spawn_blocking(move || tx.send(command));
                 Ok(())
             }
         }
@@ -291,7 +295,7 @@ impl Writer {
                         }
                     }
                 },
-                other => after.push(other),
+                Command::Control(control) => after.push(control),
             }
         }
         if !appended.is_empty() {
@@ -326,21 +330,20 @@ impl Writer {
             }
         }
         let mut stop = false;
-        for command in after {
-            match command {
-                Command::Append { .. } => unreachable!("appends were handled above"),
-                Command::Barrier(tx) => {
+        for control in after {
+            match control {
+                Control::Barrier(tx) => {
                     let _ = tx.send(self.wal.last_seq());
                 }
-                Command::Truncate(seq) => match self.wal.truncate_through(seq) {
+                Control::Truncate(seq) => match self.wal.truncate_through(seq) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(segments = n, through = seq, "WAL truncated"),
                     Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
                 },
-                Command::Flush(tx) => {
+                Control::Flush(tx) => {
                     let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
                 }
-                Command::Shutdown(tx) => {
+                Control::Shutdown(tx) => {
                     let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
                     stop = true;
                 }
@@ -350,5 +353,88 @@ impl Writer {
             .wal_bytes
             .store(self.wal.bytes(), Ordering::Relaxed);
         stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::UpdateKind;
+    use crate::wal::{FsyncPolicy, WalConfig};
+
+    fn update(i: u32) -> Update {
+        Update {
+            kind: UpdateKind::Label,
+            features: vec![i as f32; 4],
+            label: i % 3,
+            weight: 1.0,
+            model_version: 1,
+        }
+    }
+
+    fn start(dir: &std::path::Path, ring_slots: usize) -> Pipeline {
+        let (wal, _) = Wal::open(WalConfig {
+            fsync: FsyncPolicy::Never,
+            ..WalConfig::new(dir.join("wal"))
+        })
+        .unwrap();
+        let ring = Arc::new(
+            Ring::create(&dir.join("ring"), ring_slots, codec::encoded_len(4), 1).unwrap(),
+        );
+        Pipeline::start(wal, ring, 64, 16).unwrap()
+    }
+
+    #[tokio::test]
+    async fn acknowledges_in_log_order_then_feeds_the_ring_and_counts_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = start(dir.path(), 4);
+        let mut receipts = Vec::new();
+        for i in 0..10 {
+            receipts.push(pipeline.submit(update(i)).unwrap());
+        }
+        pipeline.offer(update(10)).unwrap();
+        let mut seqs = Vec::new();
+        for r in receipts {
+            seqs.push(r.await.unwrap().unwrap());
+        }
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        assert_eq!(pipeline.barrier().await.unwrap(), 11);
+        let ring = pipeline.ring().clone();
+        assert_eq!(ring.produced_seq(), 11);
+        // Four slots: 1..=4 went through the ring, the rest were counted as drops.
+        assert_eq!((ring.depth(), ring.dropped()), (4, 7));
+        let mut consumer = ring.consumer().unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(consumer.try_pop(&mut buf), Some(1));
+        assert_eq!(codec::decode(&buf).unwrap(), update(0));
+        // The WAL holds all eleven.
+        let mut logged = Vec::new();
+        crate::wal::replay(&dir.path().join("wal"), 1, |seq, bytes| {
+            logged.push((seq, codec::decode(bytes).unwrap()));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(logged.len(), 11);
+        assert_eq!(logged[10], (11, update(10)));
+        let stats = pipeline.stats();
+        assert_eq!((stats.sent, stats.dropped), (11, 7));
+        assert!(pipeline.wal_bytes() > 0);
+    }
+
+    #[tokio::test]
+    async fn after_shutdown_updates_are_refused_and_the_log_reopens_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = start(dir.path(), 16);
+        for i in 0..5 {
+            pipeline.offer(update(i)).unwrap();
+        }
+        pipeline.flush().await.unwrap();
+        pipeline.shutdown().await.unwrap();
+        pipeline.shutdown().await.unwrap();
+        assert_eq!(pipeline.submit(update(9)).unwrap_err(), SinkError::Closed);
+        assert_eq!(pipeline.offer(update(9)).unwrap_err(), SinkError::Closed);
+        assert_eq!(pipeline.stats().refused, 1);
+        let (wal, _) = Wal::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+        assert_eq!(wal.last_seq(), 5);
     }
 }

@@ -73,6 +73,7 @@ async fn a_sigkilled_server_loses_no_acknowledged_update() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let (mut server, addr) = spawn_server(&state);
+    let killed_pid = server.id();
     let http = client();
     let mut status = Value::Null;
     for _ in 0..400 {
@@ -178,4 +179,17 @@ async fn a_sigkilled_server_loses_no_acknowledged_update() {
     );
     again.kill().unwrap();
     again.wait().unwrap();
+    // A SIGKILLed server cannot remove its ring; the supervisor's startup cleanup is
+    // what does that in production. Do not leave them in /dev/shm.
+    for pid in [killed_pid, again.id()] {
+        let prefix = format!("adaptserve-{pid}-");
+        for entry in std::fs::read_dir(adaptserve::ipc::default_dir())
+            .unwrap()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }

@@ -73,7 +73,8 @@ async fn admin_routes_need_the_token() {
 async fn a_fresh_model_learns_from_a_stream_of_labels() {
     let dir = tempfile::tempdir().unwrap();
     let model = fresh_model(dir.path());
-    let server = TestServer::start_with(|c| {
+    let state = dir.path().join("state");
+    let server = TestServer::start_at(&state, |c| {
         c.server.model = model;
         c.worker.publish_every_ms = 200;
         // The model is random at first: keep its own guesses out of its training
@@ -121,6 +122,10 @@ async fn a_fresh_model_learns_from_a_stream_of_labels() {
     assert_eq!(status["model_version"], synced["model_version"]);
     let accuracy = |h: &[bool]| h.iter().filter(|&&x| x).count() as f64 / h.len() as f64;
     let (first, last) = (accuracy(&hits[..500]), accuracy(&hits[3_000..]));
+    eprintln!(
+        "learning from scratch: first 500 {first:.3}, last 1000 {last:.3}, versions {v0} → {}, swaps {}",
+        synced["model_version"], status["swaps"]
+    );
     assert!(
         last > first + 0.2,
         "accuracy of the first 500 {first:.3}, of the last 1000 {last:.3}"
@@ -130,6 +135,37 @@ async fn a_fresh_model_learns_from_a_stream_of_labels() {
         "{status}"
     );
     server.stop().await.unwrap();
+
+    // The weights themselves learned, not only the k-NN memory: the model alone,
+    // before and after, on 500 samples it never saw.
+    let store = adaptserve::update::Checkpoints::new(state.join("checkpoints"));
+    let model_accuracy = |version: u64| {
+        // The first version was pruned (five are kept); it is the fresh model.
+        let m = if version == v0 {
+            adaptserve::model::Mlp::load(&dir.path().join("fresh")).unwrap()
+        } else {
+            store.load(version).unwrap()
+        };
+        let hits = (10_000..10_500u64)
+            .filter(|&t| {
+                let (x, y) = sample(t);
+                let p = m.forward(&x, 1).unwrap();
+                let row = p.probs_row(0);
+                let best = (0..row.len())
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap();
+                best == y as usize
+            })
+            .count();
+        hits as f64 / 500.0
+    };
+    let trained = synced["model_version"].as_u64().unwrap();
+    let (before, after) = (model_accuracy(v0), model_accuracy(trained));
+    eprintln!("model alone on unseen samples: v{v0} {before:.3}, v{trained} {after:.3}");
+    assert!(
+        after > before + 0.2,
+        "model alone: {before:.3} → {after:.3}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
