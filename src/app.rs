@@ -338,6 +338,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Install the recorder before anything records.
+    crate::metrics::handle();
     let server = start(&config).await?;
     let engine = server.engine.clone();
     engine

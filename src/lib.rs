@@ -11,6 +11,7 @@
 //! - [`http`] — axum routes, limits, and the one error shape.
 //! - [`ipc`] — the shared-memory ring to the update-worker (the only `unsafe`).
 //! - [`knn`] — the experience memory: exact scan and HNSW behind one trait.
+//! - [`metrics`] — Prometheus names, buckets, the recorder, scrape-time refresh.
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
@@ -26,6 +27,7 @@ pub mod http;
 #[allow(unsafe_code)]
 pub mod ipc;
 pub mod knn;
+pub mod metrics;
 pub mod model;
 pub mod shutdown;
 pub mod simulate;

@@ -170,6 +170,7 @@ impl ModelClient {
             })?;
         self.stats.inline.fetch_add(1, Ordering::Relaxed);
         self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        crate::metrics::record_batch(rows);
         Ok(slice_rows(&forward, 0, rows, model.version()))
     }
 
@@ -298,6 +299,7 @@ fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, share
 
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        crate::metrics::record_batch(rows);
         stats
             .last_forward_us
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);

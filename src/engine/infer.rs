@@ -172,6 +172,7 @@ impl Engine {
         }
         let result = self.memory.search(embedding, self.config.k);
         let elapsed = now.elapsed();
+        crate::metrics::record_knn_search(elapsed);
         let found = match result {
             Ok(found) if elapsed.as_micros() as u64 <= self.config.knn_timeout_us => found,
             outcome => {

@@ -116,7 +116,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.config.payload_limit_bytes))
         .with_state(state)
 }
@@ -129,6 +131,64 @@ async fn overload_error(err: tower::BoxError) -> Response {
     } else {
         ApiError::Internal(err.to_string()).into_response()
     }
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl IntoResponse {
+    crate::metrics::refresh(&state);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::handle().render(),
+    )
+}
+
+/// Counts every request and times it, labelled by the *matched* route template so
+/// that ids and typos cannot grow the label set.
+async fn track(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| route_label(p.as_str()));
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = crate::metrics::status_label(response.status().as_u16());
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The routes this server has, as static labels.
+fn route_label(path: &str) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/v1/infer",
+        "/v1/feedback",
+        "/v1/status",
+        "/v1/admin/sync",
+        "/v1/admin/checkpoint",
+        "/v1/admin/rollback",
+        "/v1/admin/worker/restart",
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    ];
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 async fn not_found() -> ApiError {

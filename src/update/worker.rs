@@ -40,6 +40,16 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state, for one-hot gauges.
+    pub const ALL: [WorkerState; 6] = [
+        Self::Disabled,
+        Self::Starting,
+        Self::Running,
+        Self::Restarting,
+        Self::Stopped,
+        Self::Unavailable,
+    ];
+
     /// The name in `/v1/status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -260,6 +270,7 @@ impl Task {
             tokio::select! {
                 exit = child.wait() => {
                     self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::record_restart("exit");
                     self.status.set(WorkerState::Restarting, 0);
                     match exit {
                         Ok(code) => tracing::warn!(%code, ?delay, "the update-worker exited; restarting it"),
@@ -274,6 +285,7 @@ impl Task {
                     self.stop_child(&mut child).await;
                     match request {
                         Some(Request::Restart(point)) => {
+                            crate::metrics::record_restart("requested");
                             tracing::info!(version = point.version, floor = point.floor, "restarting the update-worker");
                         }
                         Some(Request::Stop(ack)) => return self.stopped(Some(ack)),

@@ -11,5 +11,6 @@ mod crash;
 mod engine;
 mod infer;
 mod limits;
+mod metrics;
 mod process;
 mod update;

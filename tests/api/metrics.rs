@@ -1,0 +1,70 @@
+//! `/metrics`: the names, the bounded labels, and the scrape cost.
+
+use serde_json::json;
+
+use crate::common::{TestServer, client, sample};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_the_request_and_update_paths_with_bounded_labels() {
+    let server = TestServer::start().await;
+    server.wait_worker().await;
+    let http = client();
+    for t in 0..20 {
+        let (features, label) = sample(t);
+        http.post(server.url("/v1/infer"))
+            .json(&json!({"inputs": [features.clone()]}))
+            .send()
+            .await
+            .unwrap();
+        http.post(server.url("/v1/feedback"))
+            .json(&json!({"features": features, "label": label}))
+            .send()
+            .await
+            .unwrap();
+    }
+    http.get(server.url("/no/such/route/12345"))
+        .send()
+        .await
+        .unwrap();
+    http.post(server.url("/v1/feedback"))
+        .json(&json!({"request_id": 987654321, "label": 0}))
+        .send()
+        .await
+        .unwrap();
+    let r = http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    for needle in [
+        r#"adaptserve_http_requests_total{route="/v1/infer",method="POST",status="200"}"#,
+        r#"adaptserve_http_requests_total{route="/v1/feedback",method="POST",status="202"}"#,
+        r#"adaptserve_http_requests_total{route="/v1/feedback",method="POST",status="404"}"#,
+        r#"adaptserve_http_requests_total{route="unmatched",method="GET",status="404"}"#,
+        r#"adaptserve_http_request_duration_seconds_bucket{route="/v1/infer",le="0.001"}"#,
+        r#"adaptserve_infer_rows_total{path="cold_start"}"#,
+        "adaptserve_model_batch_rows_bucket",
+        "adaptserve_memory_experiences",
+        "adaptserve_updates_sent_total",
+        "adaptserve_updates_applied_total",
+        "adaptserve_ring_depth",
+        "adaptserve_wal_bytes",
+        "adaptserve_model_version 1",
+        r#"adaptserve_worker_state{state="running"} 1"#,
+        "adaptserve_process_resident_memory_bytes",
+        "# HELP adaptserve_http_requests_total",
+        "# TYPE adaptserve_http_requests_total counter",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(!text.contains("12345"), "a raw path leaked into a label");
+    assert!(
+        !text.contains("987654321"),
+        "a request id leaked into a label"
+    );
+    server.stop().await.unwrap();
+}
