@@ -4,6 +4,7 @@
 //! and keeps improving it while it serves.
 //!
 //! # Layout
+//! - [`alerts`] — severities, cooldown, log/file/webhook channels, retries, breakers.
 //! - [`app`] — assembles the server and runs it until shutdown.
 //! - [`config`] — the CLI, the TOML file, the typed config sections.
 //! - [`engine`] — the request path: micro-batched model thread, cold start, temporal
@@ -20,6 +21,7 @@
 //! - [`update`] — the server's side of the update path: WAL writer, worker process,
 //!   hot swap, checkpoints.
 
+pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod engine;

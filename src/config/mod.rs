@@ -63,10 +63,16 @@ pub struct ServeArgs {
     /// JSONL audit trail of alerts
     #[arg(long, env = "ADAPTSERVE_ALERT_FILE")]
     pub alert_file: Option<PathBuf>,
-    /// Webhook receiving alerts
-    #[arg(long, env = "ADAPTSERVE_WEBHOOK_URL", hide_env_values = true)]
-    pub webhook_url: Option<String>,
-    /// Payload format of the webhook
+    /// Webhook receiving alerts; repeat the flag (or comma-separate the variable)
+    /// for several
+    #[arg(
+        long,
+        env = "ADAPTSERVE_WEBHOOK_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub webhook_url: Vec<String>,
+    /// Payload format of the webhooks given by flag [default: generic]
     #[arg(long, env = "ADAPTSERVE_WEBHOOK_FORMAT", value_enum)]
     pub webhook_format: Option<WebhookFormat>,
 }
@@ -332,16 +338,63 @@ impl Default for MemorySection {
     }
 }
 
-/// Alert sinks (delivered by the alerts subsystem).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Alert channels and their delivery policy (see `crate::alerts`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertConfig {
-    /// JSONL audit trail.
+    /// JSONL audit trail: one line per alert and per resolution.
     pub file: Option<PathBuf>,
-    /// Webhook URL.
-    pub webhook_url: Option<Secret>,
-    /// Webhook payload format.
-    pub webhook_format: Option<WebhookFormat>,
+    /// Webhook endpoints.
+    pub webhooks: Vec<WebhookConfig>,
+    /// An alert that fired stays quiet this long before it may fire again (its
+    /// resolution is always sent).
+    pub cooldown_secs: u64,
+    /// Bound of the queue in front of each channel; a full queue drops (counted).
+    pub queue: usize,
+    /// Attempts per webhook delivery, the first included.
+    pub max_attempts: u32,
+    /// Full-jitter backoff between attempts: a random wait in
+    /// `[0, min(retry_max_ms, retry_base_ms · 2^attempt)]`, or what `Retry-After` asks.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Consecutive failed deliveries that open an endpoint's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker drops deliveries before trying one again.
+    pub breaker_cooldown_secs: u64,
+    /// Per-request timeout of a webhook call.
+    pub timeout_ms: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            webhooks: Vec::new(),
+            cooldown_secs: 300,
+            queue: 256,
+            max_attempts: 5,
+            retry_base_ms: 250,
+            retry_max_ms: 30_000,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 60,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The URL (a secret: it often embeds a token).
+    pub url: Secret,
+    /// The payload format.
+    #[serde(default = "default_format")]
+    pub format: WebhookFormat,
+}
+
+fn default_format() -> WebhookFormat {
+    WebhookFormat::Generic
 }
 
 /// A setting that is out of range, or a config file that cannot be read.
@@ -387,11 +440,17 @@ impl Config {
         if let Some(file) = &args.alert_file {
             config.alerts.file = Some(file.clone());
         }
-        if let Some(url) = &args.webhook_url {
-            config.alerts.webhook_url = Some(Secret::new(url.clone()));
+        if args.webhook_format.is_some() && args.webhook_url.is_empty() {
+            return Err(invalid(
+                "webhook_format",
+                "is set but no --webhook-url is".into(),
+            ));
         }
-        if let Some(format) = args.webhook_format {
-            config.alerts.webhook_format = Some(format);
+        for url in &args.webhook_url {
+            config.alerts.webhooks.push(WebhookConfig {
+                url: Secret::new(url.clone()),
+                format: args.webhook_format.unwrap_or(WebhookFormat::Generic),
+            });
         }
         config.validate()?;
         Ok(config)
@@ -481,12 +540,21 @@ impl Config {
             ));
         }
         update::validate(&self.wal, &self.worker, &self.swap)?;
-        if self.alerts.webhook_format.is_some() && self.alerts.webhook_url.is_none() {
-            return Err(invalid(
-                "webhook_format",
-                "is set but webhook_url is not".into(),
-            ));
+        let a = &self.alerts;
+        for w in &a.webhooks {
+            let url = w.url.expose();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "alerts.webhooks.url",
+                    "must start with http:// or https:// (the value is not shown: it is a secret)"
+                        .into(),
+                ));
+            }
         }
+        positive("alerts.queue", a.queue)?;
+        positive("alerts.max_attempts", a.max_attempts as usize)?;
+        positive("alerts.breaker_failures", a.breaker_failures as usize)?;
+        positive("alerts.timeout_ms", a.timeout_ms as usize)?;
         Ok(())
     }
 }
