@@ -20,15 +20,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::alerts::Alerts;
 use crate::config::{Config, FsyncMode};
 use crate::engine::{Engine, LocalSink, UpdateSink};
 use crate::http::{self, AppState};
-use crate::ipc::Ring;
 use crate::knn::{Experience, Memory, MemoryConfig, snapshot};
 use crate::model::Mlp;
+use crate::supervisor::{Deps, RingFactory, StartPoint, Supervisor};
 use crate::update::pipeline::Pipeline;
-use crate::update::swap::UpdatePath;
-use crate::update::worker::{SpecTemplate, StartPoint, WorkerHandle};
+use crate::update::swap::{UpdateParts, UpdatePath};
 use crate::update::{Checkpoints, ServingRecord, codec};
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
 
@@ -163,21 +163,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .context("cannot start the k-NN memory")?;
     let model = restore_memory(&memory, model, &memory_file(&state_dir)).await?;
 
-    let ring_path = crate::ipc::default_dir().join(format!(
-        "adaptserve-{}-{}.ring",
-        std::process::id(),
-        RING_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let generation = 1;
-    let ring = Arc::new(
-        Ring::create(
-            &ring_path,
-            config.worker.ring_capacity,
-            codec::encoded_len(model.input_dim()),
-            generation,
-        )
-        .with_context(|| format!("cannot create the ring {}", ring_path.display()))?,
-    );
+    let shm = crate::ipc::default_dir();
+    for stale in crate::supervisor::cleanup::remove_dead_rings(&shm) {
+        tracing::info!(ring = %stale.display(), "removed the ring of a server that is gone");
+    }
+    let rings = RingFactory {
+        dir: shm,
+        tag: format!(
+            "{}-{}",
+            std::process::id(),
+            RING_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ),
+        capacity: config.worker.ring_capacity,
+        max_payload: codec::encoded_len(model.input_dim()),
+    };
+    let ring = rings
+        .create(1)
+        .context("cannot create the shared-memory ring")?;
     let pipeline = Arc::new(
         Pipeline::start(wal, ring, config.wal.queue, config.wal.group_max)
             .context("cannot start the WAL writer")?,
@@ -193,28 +195,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         )
         .context("cannot start the model thread")?,
     );
-    let worker = WorkerHandle::start(
+    let alerts = Alerts::start(&config.alerts);
+    let worker = Supervisor::start(
         config.worker.clone(),
-        SpecTemplate {
-            ring: ring_path,
-            generation,
+        Deps {
+            pipeline: pipeline.clone(),
+            rings,
             wal_dir: state_dir.join("wal"),
             checkpoint_dir: store.dir().to_path_buf(),
+            alerts: alerts.clone(),
         },
         StartPoint {
             version: record.version,
             floor: record.applied_seq,
         },
     );
-    let updates = UpdatePath::new(
-        engine.clone(),
+    let updates = UpdatePath::new(UpdateParts {
+        engine: engine.clone(),
         pipeline,
         worker,
+        alerts,
         store,
-        state_dir.clone(),
-        config.swap.clone(),
-        record.applied_seq,
-    );
+        state_dir: state_dir.clone(),
+        config: config.swap.clone(),
+        settled: record.applied_seq,
+    });
     let (stop_swaps, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(updates.clone().run_swaps(stop_rx));
     Ok(Server {

@@ -16,6 +16,7 @@
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
+//! - [`supervisor`] — the update-worker's watchdog: exits, hangs, backoff, suspension, cleanup.
 //! - [`telemetry`] — logging.
 //! - [`wal`] — the write-ahead log of updates: segments, group commit, repair, replay.
 //! - [`update`] — the server's side of the update path: WAL writer, worker process,
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod shutdown;
 pub mod simulate;
+pub mod supervisor;
 pub mod telemetry;
 pub mod update;
 pub mod wal;

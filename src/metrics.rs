@@ -244,7 +244,7 @@ pub fn refresh(state: &AppState) {
         counter!(MODEL_REJECTIONS).absolute(swaps.rejections.load(Ordering::Relaxed));
         gauge!(MODEL_KL).set(swaps.mean_kl());
         let current = updates.worker().status().state();
-        for s in crate::update::worker::WorkerState::ALL {
+        for s in crate::supervisor::WorkerState::ALL {
             gauge!(WORKER_STATE, "state" => s.as_str()).set(f64::from(u8::from(s == current)));
         }
     }

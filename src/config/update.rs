@@ -92,8 +92,22 @@ pub struct WorkerConfig {
     pub norm_rate: f64,
     /// Heartbeat period written into the ring header.
     pub heartbeat_ms: u64,
-    /// Fixed delay before a worker that exited is started again.
-    pub restart_delay_ms: u64,
+    /// How often the supervisor looks at the heartbeat (one atomic load). Exit is
+    /// seen at once from the child's wait, independently of this.
+    pub watchdog_interval_ms: u64,
+    /// A running worker whose heartbeat is older than this is hung: SIGKILL.
+    pub heartbeat_timeout_ms: u64,
+    /// A new worker must heartbeat within this, or the start counts as a failure.
+    pub startup_timeout_ms: u64,
+    /// Backoff after the n-th consecutive failure: a random wait in
+    /// `[0, min(max_backoff_ms, cooldown_ms · 2^(n−1))]` (full jitter).
+    pub cooldown_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Consecutive failures after which supervision is suspended (emergency alert;
+    /// serving goes on; `POST /v1/admin/worker/restart` resumes).
+    pub max_restart_attempts: u32,
+    /// A worker healthy for this long clears the failure count.
+    pub stable_after_ms: u64,
     /// How long a stopping worker gets between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
 }
@@ -114,7 +128,13 @@ impl Default for WorkerConfig {
             replay_per_batch: 16,
             norm_rate: 1e-3,
             heartbeat_ms: 1_000,
-            restart_delay_ms: 1_000,
+            watchdog_interval_ms: 100,
+            heartbeat_timeout_ms: 5_000,
+            startup_timeout_ms: 10_000,
+            cooldown_ms: 1_000,
+            max_backoff_ms: 60_000,
+            max_restart_attempts: 5,
+            stable_after_ms: 60_000,
             stop_grace_ms: 3_000,
         }
     }
@@ -168,6 +188,23 @@ pub(super) fn validate(
         worker.publish_every_steps as usize,
     )?;
     positive("worker.heartbeat_ms", worker.heartbeat_ms as usize)?;
+    positive(
+        "worker.watchdog_interval_ms",
+        worker.watchdog_interval_ms as usize,
+    )?;
+    positive(
+        "worker.max_restart_attempts",
+        worker.max_restart_attempts as usize,
+    )?;
+    if worker.heartbeat_timeout_ms <= worker.heartbeat_ms {
+        return Err(invalid(
+            "worker.heartbeat_timeout_ms",
+            format!(
+                "{} must exceed worker.heartbeat_ms ({}), or every worker looks hung",
+                worker.heartbeat_timeout_ms, worker.heartbeat_ms
+            ),
+        ));
+    }
     if !(worker.learning_rate.is_finite() && worker.learning_rate > 0.0) {
         return Err(invalid(
             "worker.learning_rate",

@@ -107,6 +107,32 @@ pub(super) async fn rollback(
     }))
 }
 
+/// `{"resumed": bool, "state": "..."}`.
+#[derive(Debug, Serialize)]
+pub(super) struct WorkerRestartReply {
+    /// True if supervision was suspended and is now resumed; false if a live worker
+    /// was restarted.
+    resumed: bool,
+    state: &'static str,
+}
+
+/// `POST /v1/admin/worker/restart`: resumes a suspended supervisor, or restarts the
+/// worker.
+pub(super) async fn restart_worker(
+    State(state): State<Arc<AppState>>,
+) -> Result<AppJson<WorkerRestartReply>, ApiError> {
+    let updates = updates(&state)?;
+    let worker = updates.worker();
+    if !worker.enabled() {
+        return Err(ApiError::from(UpdateError::NoWorker));
+    }
+    let resumed = worker.resume_or_restart().await;
+    Ok(AppJson(WorkerRestartReply {
+        resumed,
+        state: worker.status().state().as_str(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

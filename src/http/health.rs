@@ -42,7 +42,7 @@ fn worker_json(state: &AppState) -> Value {
     match &state.updates {
         Some(u) => {
             let w = u.worker().status();
-            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts()})
+            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts(), "consecutive_failures": w.failures()})
         }
         None => json!({"pid": null, "state": "disabled", "restarts": 0}),
     }
@@ -51,7 +51,7 @@ fn worker_json(state: &AppState) -> Value {
 /// The worker rated: yellow whenever the weights are not learning (serving goes on,
 /// the WAL keeps every update for when the worker is back), never red.
 fn worker_component(state: &AppState) -> Component {
-    use crate::update::worker::WorkerState;
+    use crate::supervisor::WorkerState;
     let Some(u) = &state.updates else {
         return component(Light::Yellow, "no update path: weights do not train");
     };
@@ -71,12 +71,36 @@ fn worker_component(state: &AppState) -> Component {
     }
 }
 
+/// Active alerts and delivery counters.
+fn alerts_json(state: &AppState) -> Value {
+    let Some(u) = &state.updates else {
+        return Value::Null;
+    };
+    let a = u.alerts();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let s = a.stats();
+    let webhooks: Vec<Value> = a
+        .endpoints()
+        .iter()
+        .map(|e| json!({"delivered": load(&e.delivered), "failed": load(&e.failed), "retries": load(&e.retries), "dropped": load(&e.dropped)}))
+        .collect();
+    json!({
+        "active": a.active(),
+        "raised": load(&s.raised),
+        "resolved": load(&s.resolved),
+        "suppressed": load(&s.suppressed),
+        "dropped": load(&s.dropped),
+        "webhooks": webhooks,
+    })
+}
+
 /// `{"depth", "capacity", "dropped", "generation"}` of the shared-memory ring.
 fn ring_json(state: &AppState) -> Value {
     match &state.updates {
         Some(u) => {
             let r = u.pipeline().ring();
-            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": r.dropped(), "generation": r.generation()})
+            let dropped = crate::engine::UpdateSink::stats(u.pipeline().as_ref()).dropped;
+            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": dropped, "generation": r.generation()})
         }
         None => json!({"depth": 0, "capacity": 0, "dropped": 0}),
     }
@@ -183,6 +207,7 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         "worker": worker_json(&state),
         "ring": ring_json(&state),
         "wal_bytes": state.updates.as_ref().map_or(0, |u| u.pipeline().wal_bytes()),
+        "alerts": alerts_json(&state),
         "updates": {
             "sent": s.updates.sent,
             "applied": state.updates.as_ref().map_or(s.updates.applied, |u| s.updates.applied.max(u.settled())),

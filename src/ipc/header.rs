@@ -5,7 +5,7 @@
 //!
 //! | line | fields | written by |
 //! |---|---|---|
-//! | 0 | magic, layout version, capacity, slot size, server pid, generation | creator, once |
+//! | 0 | magic, layout version, capacity, slot size, server pid, generation, server start time | creator, once |
 //! | 1 | head | producer |
 //! | 2 | tail | consumer |
 //! | 3 | worker pid, heartbeat (unix ms), applied_seq, published_version | worker |
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// "ADSRING1", little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ADSRING1");
 /// Bumped on any change to this layout; a worker refuses a ring of another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Line 0: fixed at creation. The magic is stored last (Release), so a process that
 /// sees it sees the rest.
@@ -31,6 +31,9 @@ pub struct Meta {
     pub slot_size: AtomicU32,
     pub server_pid: AtomicU32,
     pub generation: AtomicU64,
+    /// The creating process's start time (clock ticks since boot, from
+    /// `/proc/<pid>/stat`): with the pid, it tells a live owner from a reused pid.
+    pub server_start: AtomicU64,
 }
 
 /// A counter alone on its cache line.

@@ -23,7 +23,7 @@ mod ring;
 use std::path::PathBuf;
 
 pub use header::LAYOUT_VERSION;
-pub use ring::{Consumer, Producer, Ring};
+pub use ring::{Consumer, Producer, Ring, process_start};
 
 /// Why a ring cannot be created or opened.
 #[derive(Debug, thiserror::Error)]

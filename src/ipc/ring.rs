@@ -118,6 +118,10 @@ impl Ring {
             .server_pid
             .store(std::process::id(), Ordering::Relaxed);
         h.meta.generation.store(generation, Ordering::Relaxed);
+        h.meta.server_start.store(
+            process_start(std::process::id()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         for i in 0..capacity {
             ring.slot(i).stamp.store(i, Ordering::Relaxed);
         }
@@ -244,6 +248,11 @@ impl Ring {
     pub fn server_pid(&self) -> u32 {
         self.header().meta.server_pid.load(Ordering::Relaxed)
     }
+    /// The creating process's start time (see [`process_start`]).
+    pub fn server_start(&self) -> u64 {
+        self.header().meta.server_start.load(Ordering::Relaxed)
+    }
+
     /// Records pushed and not yet consumed.
     pub fn depth(&self) -> u64 {
         let h = self.header();
@@ -366,6 +375,16 @@ impl Drop for Ring {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// A process's start time in clock ticks since boot (`/proc/<pid>/stat`, field 22);
+/// `None` if there is no such process. A pid can be reused, a (pid, start) pair not.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields after the
+    // last ')' start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn checksum(seq: u64, payload: &[u8]) -> u32 {

@@ -15,7 +15,6 @@
 //! - [`checkpoints`]: the checkpoint directory and the serving record.
 //! - [`spec`]: what a worker is started with.
 //! - [`pipeline`]: the WAL writer thread, the `UpdateSink` the engine sees.
-//! - [`worker`]: starting, stopping and restarting the worker process.
 //! - [`swap`]: taking published versions into service, rollback, the sync barrier.
 
 pub mod checkpoints;
@@ -23,7 +22,6 @@ pub mod codec;
 pub mod pipeline;
 pub mod spec;
 pub mod swap;
-pub mod worker;
 
 pub use checkpoints::{Checkpoints, ServingRecord, applied_seq};
 pub use spec::WorkerSpec;

@@ -18,6 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -46,6 +47,8 @@ enum Control {
     Truncate(u64),
     /// Commits and fsyncs everything queued before it.
     Flush(oneshot::Sender<Result<(), String>>),
+    /// Produce into this ring from now on (a new generation for a new worker).
+    NewRing(Arc<Ring>, oneshot::Sender<Result<(), String>>),
     /// Flush, then stop the thread.
     Shutdown(oneshot::Sender<Result<(), String>>),
 }
@@ -61,6 +64,8 @@ struct Shared {
     refused: AtomicU64,
     /// Commits that failed (each failing the updates in it).
     wal_errors: AtomicU64,
+    /// Updates the ring could not carry, over every ring generation.
+    dropped: AtomicU64,
 }
 
 /// The update pipeline's handle: cheap to share, never blocks.
@@ -68,7 +73,9 @@ struct Shared {
 pub struct Pipeline {
     tx: SyncSender<Command>,
     shared: Arc<Shared>,
-    ring: Arc<Ring>,
+    /// The current ring; replaced (new generation) when the supervisor restarts the
+    /// worker.
+    ring: ArcSwap<Ring>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -79,6 +86,7 @@ impl std::fmt::Debug for Command {
             Self::Control(Control::Barrier(_)) => "Barrier",
             Self::Control(Control::Truncate(_)) => "Truncate",
             Self::Control(Control::Flush(_)) => "Flush",
+            Self::Control(Control::NewRing(..)) => "NewRing",
             Self::Control(Control::Shutdown(_)) => "Shutdown",
         })
     }
@@ -114,14 +122,28 @@ impl Pipeline {
         Ok(Self {
             tx,
             shared,
-            ring,
+            ring: ArcSwap::new(ring),
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// The ring this pipeline produces into.
-    pub fn ring(&self) -> &Arc<Ring> {
-        &self.ring
+    /// The ring this pipeline produces into now.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.load_full()
+    }
+
+    /// Switches production to `ring` once everything queued before the call is in
+    /// the old one. The new ring inherits the sync target and learns the WAL's last
+    /// sequence number, so the worker that attaches to it replays what it must.
+    pub async fn replace_ring(&self, ring: Arc<Ring>) -> Result<(), SinkError> {
+        ring.request_sync(self.ring.load().sync_target());
+        let (tx, rx) = oneshot::channel();
+        self.send_control(Control::NewRing(ring.clone(), tx))?;
+        rx.await
+            .map_err(|_| SinkError::Closed)?
+            .map_err(SinkError::Log)?;
+        self.ring.store(ring);
+        Ok(())
     }
 
     /// The last sequence number committed.
@@ -231,8 +253,8 @@ impl UpdateSink for Pipeline {
     fn stats(&self) -> SinkStats {
         SinkStats {
             sent: self.last_seq(),
-            applied: self.ring.applied_seq(),
-            dropped: self.ring.dropped(),
+            applied: self.ring.load().applied_seq(),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
             refused: self.shared.refused.load(Ordering::Relaxed),
         }
     }
@@ -305,7 +327,10 @@ impl Writer {
                         match self.producer.try_push(seq, &payload) {
                             // Full is counted in the ring header; the worker replays
                             // the record from the WAL.
-                            Ok(()) | Err(PushError::Full) => {}
+                            Ok(()) => {}
+                            Err(PushError::Full) => {
+                                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(e) => {
                                 tracing::warn!(seq, error = %e, "update not sent through the ring")
                             }
@@ -342,6 +367,19 @@ impl Writer {
                 },
                 Control::Flush(tx) => {
                     let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
+                }
+                Control::NewRing(ring, tx) => {
+                    let switched = match ring.producer() {
+                        Some(producer) => {
+                            ring.set_produced_seq(self.wal.last_seq());
+                            self.producer = producer;
+                            Ok(())
+                        }
+                        None => {
+                            Err("the new ring already has a producer: this is a bug".to_string())
+                        }
+                    };
+                    let _ = tx.send(switched);
                 }
                 Control::Shutdown(tx) => {
                     let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));

@@ -23,11 +23,12 @@ use tokio::sync::watch;
 
 use super::checkpoints::{Checkpoints, ServingRecord, applied_seq};
 use super::pipeline::Pipeline;
-use super::worker::{StartPoint, WorkerHandle};
+use crate::alerts::{Alerts, Severity};
 use crate::config::SwapConfig;
 use crate::engine::{Engine, SinkError};
 use crate::model::kl::compare;
 use crate::model::{Mlp, ModelError};
+use crate::supervisor::{StartPoint, Supervisor};
 
 /// Labelled probe rows needed before accuracy may overrule the KL check; below it
 /// an accuracy difference is noise.
@@ -99,12 +100,27 @@ pub struct SyncReply {
     pub applied_seq: u64,
 }
 
+/// What [`UpdatePath::new`] assembles.
+#[derive(Debug)]
+pub struct UpdateParts {
+    pub engine: Arc<Engine>,
+    pub pipeline: Arc<Pipeline>,
+    pub worker: Supervisor,
+    pub alerts: Arc<Alerts>,
+    pub store: Checkpoints,
+    pub state_dir: PathBuf,
+    pub config: SwapConfig,
+    /// The serving record's floor.
+    pub settled: u64,
+}
+
 /// The server's side of the update path.
 #[derive(Debug)]
 pub struct UpdatePath {
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
-    worker: WorkerHandle,
+    worker: Supervisor,
+    alerts: Arc<Alerts>,
     store: Checkpoints,
     state_dir: PathBuf,
     config: SwapConfig,
@@ -115,24 +131,17 @@ pub struct UpdatePath {
 }
 
 impl UpdatePath {
-    /// Assembles the hub; `settled` is the serving record's floor.
-    pub fn new(
-        engine: Arc<Engine>,
-        pipeline: Arc<Pipeline>,
-        worker: WorkerHandle,
-        store: Checkpoints,
-        state_dir: PathBuf,
-        config: SwapConfig,
-        settled: u64,
-    ) -> Arc<Self> {
+    /// Assembles the hub.
+    pub fn new(parts: UpdateParts) -> Arc<Self> {
         Arc::new(Self {
-            engine,
-            pipeline,
-            worker,
-            store,
-            state_dir,
-            config,
-            settled: watch::Sender::new(settled),
+            engine: parts.engine,
+            pipeline: parts.pipeline,
+            worker: parts.worker,
+            alerts: parts.alerts,
+            store: parts.store,
+            state_dir: parts.state_dir,
+            config: parts.config,
+            settled: watch::Sender::new(parts.settled),
             versions: tokio::sync::Mutex::new(()),
             stats: SwapStats::default(),
         })
@@ -144,8 +153,13 @@ impl UpdatePath {
     }
 
     /// The worker handle.
-    pub fn worker(&self) -> &WorkerHandle {
+    pub fn worker(&self) -> &Supervisor {
         &self.worker
+    }
+
+    /// The alert hub.
+    pub fn alerts(&self) -> &Arc<Alerts> {
+        &self.alerts
     }
 
     /// Swap counters.
@@ -160,8 +174,7 @@ impl UpdatePath {
 
     /// Polls for published versions until `stop` flips to true.
     pub async fn run_swaps(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let ring = self.pipeline.ring().clone();
-        let mut seen = ring.published_version();
+        let mut seen = self.pipeline.ring().published_version();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -169,7 +182,8 @@ impl UpdatePath {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let published = ring.published_version();
+            // The ring is reloaded each tick: the supervisor replaces it per restart.
+            let published = self.pipeline.ring().published_version();
             if published > seen {
                 seen = published;
                 self.consider(published).await;
@@ -224,6 +238,19 @@ impl UpdatePath {
                 old_accuracy = cmp.old_accuracy,
                 new_accuracy = cmp.new_accuracy,
                 "rejected a new version: it moved too far from the serving one without answering labels better; the worker restarts from the serving version"
+            );
+            let mut details = std::collections::BTreeMap::new();
+            details.insert("version".to_string(), version.to_string());
+            details.insert("serving".to_string(), serving.to_string());
+            details.insert("kl".to_string(), format!("{:.4}", cmp.kl));
+            self.alerts.raise(
+                "model_version_rejected",
+                Severity::Warning,
+                format!(
+                    "version {version} moved {:.3} nats from version {serving} (threshold {}); rejected, the worker restarts from {serving}",
+                    cmp.kl, self.config.kl_reject_threshold
+                ),
+                details,
             );
             self.restart_worker(serving, floor).await;
             return;

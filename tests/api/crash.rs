@@ -57,7 +57,7 @@ fn write_config(state: &std::path::Path) -> std::path::PathBuf {
     let path = state.with_extension("toml");
     std::fs::write(
         &path,
-        "[worker]\npublish_every_ms = 100\nrestart_delay_ms = 100\n",
+        "[worker]\npublish_every_ms = 100\ncooldown_ms = 100\n",
     )
     .unwrap();
     path

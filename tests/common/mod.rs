@@ -25,7 +25,7 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
     config.server.port = 0;
     config.server.state_dir = state_dir.to_path_buf();
     config.server.admin_token = Some(adaptserve::config::Secret::new(ADMIN_TOKEN));
-    config.worker.restart_delay_ms = 100;
+    config.worker.cooldown_ms = 100;
     config
 }
 

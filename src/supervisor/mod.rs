@@ -1,0 +1,585 @@
+//! The watchdog of the update-worker process.
+//!
+//! One task owns the child. It learns of an exit the instant the kernel reports it
+//! (the child's wait), and of a hang from the heartbeat the worker writes into the
+//! ring header (checked every `watchdog_interval_ms`; older than
+//! `heartbeat_timeout_ms` means hung, answered with SIGKILL). After a failure it:
+//! 1. raises a critical alert (`worker_down`);
+//! 2. cleans up: a new ring generation (the WAL writer switches to it; the new worker
+//!    replays from the WAL whatever the old ring held) and the dead worker's
+//!    checkpoint temp files;
+//! 3. backs off `cooldown · 2^(n−1)` with full jitter, capped (`policy`);
+//! 4. respawns, and counts the start as good only once the new worker heartbeats
+//!    within `startup_timeout_ms`.
+//!
+//! After `max_restart_attempts` consecutive failures it suspends and raises an
+//! emergency alert; serving goes on without learning until
+//! `POST /v1/admin/worker/restart` resumes it. `stable_after_ms` of health clears the
+//! count. The worker sets its own parent-death signal (`prctl(PR_SET_PDEATHSIG)` as
+//! its first act, then checks its parent is still the server), so it never outlives
+//! the server — without an `unsafe` `pre_exec` here.
+
+pub mod cleanup;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::alerts::{Alerts, Severity};
+use crate::config::WorkerConfig;
+use crate::ipc::Ring;
+use crate::update::WorkerSpec;
+use crate::update::checkpoints::unix_ms;
+use crate::update::pipeline::Pipeline;
+use policy::{Decision, Policy};
+
+/// The worker's state, as `/v1/status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Configured off.
+    Disabled = 0,
+    /// Spawned, not yet heartbeating.
+    Starting = 1,
+    /// Heartbeating.
+    Running = 2,
+    /// Failed; waiting out the backoff.
+    Restarting = 3,
+    /// Stopped by the server (shutdown).
+    Stopped = 4,
+    /// Too many consecutive failures; waiting for an operator.
+    Suspended = 5,
+}
+
+impl WorkerState {
+    /// Every state, for one-hot gauges.
+    pub const ALL: [WorkerState; 6] = [
+        Self::Disabled,
+        Self::Starting,
+        Self::Running,
+        Self::Restarting,
+        Self::Stopped,
+        Self::Suspended,
+    ];
+
+    /// The name in `/v1/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|s| *s as u8 == v)
+            .unwrap_or(Self::Suspended)
+    }
+}
+
+/// Where a (re)started worker begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    /// The checkpoint version it loads.
+    pub version: u64,
+    /// Updates at or below this are treated as handled.
+    pub floor: u64,
+}
+
+/// What `/v1/status` shows of the worker.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    pid: AtomicU32,
+    state: AtomicU8,
+    restarts: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl WorkerStatus {
+    /// The live worker's pid, if any.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::Relaxed)).filter(|&p| p != 0)
+    }
+    /// The current state.
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+    /// Failures answered with a restart, ever.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    /// Consecutive failures now.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    fn set(&self, state: WorkerState, pid: u32) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+}
+
+enum Request {
+    Restart,
+    Resume(oneshot::Sender<bool>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// Makes the ring of each generation.
+#[derive(Debug, Clone)]
+pub struct RingFactory {
+    /// `/dev/shm` or the temp dir.
+    pub dir: PathBuf,
+    /// Distinguishes this server's rings: `<pid>-<n>`.
+    pub tag: String,
+    pub capacity: usize,
+    pub max_payload: usize,
+}
+
+impl RingFactory {
+    /// Creates the ring of `generation`.
+    pub fn create(&self, generation: u64) -> Result<Arc<Ring>, crate::ipc::IpcError> {
+        let path = self.dir.join(format!(
+            "{}{}-g{generation}.ring",
+            cleanup::RING_PREFIX,
+            self.tag
+        ));
+        Ring::create(&path, self.capacity, self.max_payload, generation).map(Arc::new)
+    }
+}
+
+/// What the supervisor works with.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub pipeline: Arc<Pipeline>,
+    pub rings: RingFactory,
+    pub wal_dir: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    pub alerts: Arc<Alerts>,
+}
+
+/// The handle to the supervisor task.
+#[derive(Debug)]
+pub struct Supervisor {
+    tx: mpsc::Sender<Request>,
+    status: Arc<WorkerStatus>,
+    start: Arc<Mutex<StartPoint>>,
+    enabled: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Restart => "Restart",
+            Self::Resume(_) => "Resume",
+            Self::Stop(_) => "Stop",
+        })
+    }
+}
+
+impl Supervisor {
+    /// Starts supervising (and the first worker) unless `settings.enabled` is false.
+    pub fn start(settings: WorkerConfig, deps: Deps, start: StartPoint) -> Self {
+        let status = Arc::new(WorkerStatus::default());
+        let start = Arc::new(Mutex::new(start));
+        // Bound 4: requests are rare (a rejection, a rollback, an operator, shutdown);
+        // a burst beyond that waits, it is never dropped.
+        let (tx, rx) = mpsc::channel(4);
+        let enabled = settings.enabled;
+        if enabled {
+            status.set(WorkerState::Starting, 0);
+            let task = Task {
+                binary: find_binary(settings.binary.as_deref()),
+                policy: Policy::new(
+                    Duration::from_millis(settings.cooldown_ms),
+                    Duration::from_millis(settings.max_backoff_ms),
+                    settings.max_restart_attempts,
+                    Duration::from_millis(settings.stable_after_ms),
+                ),
+                settings,
+                deps,
+                status: status.clone(),
+                start: start.clone(),
+            };
+            tokio::spawn(task.run(rx));
+        } else {
+            status.set(WorkerState::Disabled, 0);
+        }
+        Self {
+            tx,
+            status,
+            start,
+            enabled,
+        }
+    }
+
+    /// The worker's state for `/v1/status`.
+    pub fn status(&self) -> &WorkerStatus {
+        &self.status
+    }
+
+    /// Whether a worker is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Where the next worker will start.
+    pub fn start_point(&self) -> StartPoint {
+        *self.start.lock()
+    }
+
+    /// Moves the start point without restarting (a version was swapped in: a
+    /// restarted worker should come back from it).
+    pub fn advance(&self, point: StartPoint) {
+        *self.start.lock() = point;
+    }
+
+    /// Stops the running worker and starts one from `point` (not a failure).
+    pub async fn restart_from(&self, point: StartPoint) {
+        *self.start.lock() = point;
+        let _ = self.tx.send(Request::Restart).await;
+    }
+
+    /// Resumes a suspended supervisor (true), or restarts a live worker (false).
+    pub async fn resume_or_restart(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Resume(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Stops the worker (SIGTERM, then SIGKILL) and ends supervision.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// `update-worker` next to the running executable, or one directory up (test
+/// binaries live in `target/<profile>/deps/`, the worker in `target/<profile>/`).
+fn find_binary(configured: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = configured {
+        return Some(path.to_path_buf());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("update-worker"),
+        dir.parent()?.join("update-worker"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// How one worker's life ended.
+enum End {
+    Exited(String),
+    StartupTimeout,
+    Hung,
+    Requested,
+    SpawnFailed(String),
+}
+
+/// What the task does after a wait.
+enum Next {
+    Continue,
+    Stop(Option<oneshot::Sender<()>>),
+}
+
+struct Task {
+    binary: Option<PathBuf>,
+    policy: Policy,
+    settings: WorkerConfig,
+    deps: Deps,
+    status: Arc<WorkerStatus>,
+    start: Arc<Mutex<StartPoint>>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut first = true;
+        loop {
+            if !first {
+                self.clean_up().await;
+            }
+            first = false;
+            let (end, pid) = match self.spawn() {
+                Ok(child) => {
+                    let pid = child.id().unwrap_or(0);
+                    match self.watch(child, &mut rx).await {
+                        Ok(end) => (end, pid),
+                        Err(ack) => return self.stopped(ack),
+                    }
+                }
+                Err(e) => (End::SpawnFailed(e.to_string()), 0),
+            };
+            let (reason, detail) = match &end {
+                End::Requested => continue,
+                End::Exited(code) => ("exit", format!("exited ({code})")),
+                End::StartupTimeout => (
+                    "startup_timeout",
+                    format!(
+                        "did not heartbeat within {} ms of starting",
+                        self.settings.startup_timeout_ms
+                    ),
+                ),
+                End::Hung => (
+                    "hang",
+                    format!(
+                        "stopped heartbeating for over {} ms; killed",
+                        self.settings.heartbeat_timeout_ms
+                    ),
+                ),
+                End::SpawnFailed(e) => ("spawn_failed", format!("could not be started: {e}")),
+            };
+            self.status.restarts.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::record_restart(reason);
+            let decision = self.policy.on_failure(&mut rand::rng());
+            self.status
+                .failures
+                .store(self.policy.failures(), Ordering::Relaxed);
+            let mut details = BTreeMap::new();
+            details.insert("pid".to_string(), pid.to_string());
+            details.insert("reason".to_string(), reason.to_string());
+            details.insert(
+                "consecutive_failures".to_string(),
+                self.policy.failures().to_string(),
+            );
+            self.deps.alerts.raise(
+                "worker_down",
+                Severity::Critical,
+                format!("the update-worker {detail}; serving continues, learning waits"),
+                details,
+            );
+            match decision {
+                Decision::Retry(wait) => {
+                    self.status.set(WorkerState::Restarting, 0);
+                    tracing::warn!(
+                        reason,
+                        ?wait,
+                        failures = self.policy.failures(),
+                        "update-worker failed; restarting after backoff"
+                    );
+                    match wait_or_request(&mut rx, wait).await {
+                        Next::Continue => {}
+                        Next::Stop(ack) => return self.stopped(ack),
+                    }
+                }
+                Decision::Suspend => {
+                    self.status.set(WorkerState::Suspended, 0);
+                    tracing::error!(
+                        failures = self.policy.failures(),
+                        "update-worker supervision suspended"
+                    );
+                    self.deps.alerts.raise(
+                        "worker_suspended",
+                        Severity::Emergency,
+                        format!(
+                            "the update-worker failed {} times in a row; supervision is suspended and the model no longer learns. POST /v1/admin/worker/restart resumes it",
+                            self.policy.failures()
+                        ),
+                        BTreeMap::new(),
+                    );
+                    loop {
+                        match rx.recv().await {
+                            Some(Request::Resume(ack)) => {
+                                let _ = ack.send(true);
+                                break;
+                            }
+                            // A new start point is already recorded; stay suspended.
+                            Some(Request::Restart) => {}
+                            Some(Request::Stop(ack)) => return self.stopped(Some(ack)),
+                            None => return self.stopped(None),
+                        }
+                    }
+                    self.policy.reset();
+                    self.status.failures.store(0, Ordering::Relaxed);
+                    self.deps.alerts.resolve(
+                        "worker_suspended",
+                        Severity::Emergency,
+                        "supervision resumed by an operator",
+                    );
+                    tracing::info!("update-worker supervision resumed");
+                }
+            }
+        }
+    }
+
+    /// Watches one worker until it ends; `Err` carries a stop request.
+    async fn watch(
+        &mut self,
+        mut child: Child,
+        rx: &mut mpsc::Receiver<Request>,
+    ) -> Result<End, Option<oneshot::Sender<()>>> {
+        let pid = child.id().unwrap_or(0);
+        let spawned_ms = unix_ms();
+        let spawned = Instant::now();
+        let mut running = false;
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.settings.watchdog_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                exit = child.wait() => {
+                    let code = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    return Ok(End::Exited(code));
+                }
+                _ = tick.tick() => {
+                    let beat = self.deps.pipeline.ring().heartbeat_ms();
+                    if !running {
+                        if beat >= spawned_ms {
+                            running = true;
+                            self.status.set(WorkerState::Running, pid);
+                            self.deps.alerts.resolve("worker_down", Severity::Critical, "the update-worker is running again");
+                        } else if spawned.elapsed() > Duration::from_millis(self.settings.startup_timeout_ms) {
+                            let _ = child.kill().await;
+                            return Ok(End::StartupTimeout);
+                        }
+                    } else if unix_ms().saturating_sub(beat) > self.settings.heartbeat_timeout_ms {
+                        // A stopped or deadlocked process cannot be asked: kill it.
+                        let _ = child.kill().await;
+                        return Ok(End::Hung);
+                    } else {
+                        self.policy.on_healthy(Instant::now());
+                        self.status.failures.store(self.policy.failures(), Ordering::Relaxed);
+                    }
+                }
+                request = rx.recv() => match request {
+                    Some(Request::Restart) => {
+                        self.stop_child(&mut child).await;
+                        crate::metrics::record_restart("requested");
+                        tracing::info!(point = ?*self.start.lock(), "restarting the update-worker on request");
+                        return Ok(End::Requested);
+                    }
+                    Some(Request::Resume(ack)) => {
+                        // Not suspended: an operator's restart of a live worker.
+                        let _ = ack.send(false);
+                        self.stop_child(&mut child).await;
+                        crate::metrics::record_restart("operator");
+                        return Ok(End::Requested);
+                    }
+                    Some(Request::Stop(ack)) => {
+                        self.stop_child(&mut child).await;
+                        return Err(Some(ack));
+                    }
+                    None => {
+                        self.stop_child(&mut child).await;
+                        return Err(None);
+                    }
+                },
+            }
+        }
+    }
+
+    /// A new ring generation for the next worker, and the dead one's temp files.
+    async fn clean_up(&self) {
+        let next = self.deps.pipeline.ring().generation() + 1;
+        match self.deps.rings.create(next) {
+            Ok(ring) => {
+                if let Err(e) = self.deps.pipeline.replace_ring(ring).await {
+                    tracing::error!(error = %e, "cannot switch to a new ring generation; keeping the old ring");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a new ring generation; keeping the old ring")
+            }
+        }
+        let removed = cleanup::remove_temp_files(&self.deps.checkpoint_dir);
+        if removed > 0 {
+            tracing::info!(removed, "removed a dead worker's checkpoint temp files");
+        }
+    }
+
+    fn stopped(&self, ack: Option<oneshot::Sender<()>>) {
+        self.status.set(WorkerState::Stopped, 0);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `stop_grace_ms`.
+    async fn stop_child(&self, child: &mut Child) {
+        let grace = Duration::from_millis(self.settings.stop_grace_ms);
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+                return;
+            }
+            tracing::warn!(pid, ?grace, "the update-worker ignored SIGTERM; killing it");
+        }
+        let _ = child.kill().await;
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        let binary = self.binary.as_ref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no update-worker executable next to the server (build it with `cargo build --workspace`, or set worker.binary)",
+            )
+        })?;
+        let point = *self.start.lock();
+        let ring = self.deps.pipeline.ring();
+        let spec = WorkerSpec {
+            ring: ring.path().to_path_buf(),
+            generation: ring.generation(),
+            wal_dir: self.deps.wal_dir.clone(),
+            checkpoint_dir: self.deps.checkpoint_dir.clone(),
+            start_version: point.version,
+            applied_floor: point.floor,
+            parent_pid: std::process::id(),
+            settings: self.settings.clone(),
+        };
+        let child = Command::new(binary)
+            .arg("--spec")
+            .arg(spec.to_arg())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        self.status
+            .set(WorkerState::Starting, child.id().unwrap_or(0));
+        tracing::info!(
+            pid = child.id(),
+            version = point.version,
+            floor = point.floor,
+            generation = ring.generation(),
+            "update-worker started"
+        );
+        Ok(child)
+    }
+}
+
+/// Waits `delay` unless a request comes first: a restart or resume cuts it short, a
+/// stop (or the handle going away) ends the task.
+async fn wait_or_request(rx: &mut mpsc::Receiver<Request>, delay: Duration) -> Next {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Next::Continue,
+        request = rx.recv() => match request {
+            Some(Request::Restart) => Next::Continue,
+            Some(Request::Resume(ack)) => {
+                let _ = ack.send(false);
+                Next::Continue
+            }
+            Some(Request::Stop(ack)) => Next::Stop(Some(ack)),
+            None => Next::Stop(None),
+        },
+    }
+}
