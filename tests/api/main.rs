@@ -14,4 +14,5 @@ mod infer;
 mod limits;
 mod metrics;
 mod process;
+mod supervisor;
 mod update;
