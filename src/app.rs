@@ -357,6 +357,12 @@ pub async fn run(
         config.server.clone(),
     );
     state.set_ready(true);
+    let (stop_monitor, monitor_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::monitor::Monitor::run(
+        state.clone(),
+        config.monitor.clone(),
+        monitor_rx,
+    ));
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!(%addr, state_dir = %config.server.state_dir.display(),
         model_version = engine.model().version(), "adaptserve listening");
@@ -382,6 +388,7 @@ pub async fn run(
         result = app => result.context("HTTP server failed")?,
         () = drain_deadline => tracing::warn!(?drain_limit, "in-flight requests did not drain in time"),
     }
+    let _ = stop_monitor.send(true);
     server.shutdown().await?;
     tracing::info!("adaptserve stopped");
     Ok(())

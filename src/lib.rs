@@ -14,6 +14,7 @@
 //! - [`knn`] — the experience memory: exact scan and HNSW behind one trait.
 //! - [`metrics`] — Prometheus names, buckets, the recorder, scrape-time refresh.
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
+//! - [`monitor`] — health metrics every interval, thresholds, alerts; the p99 histogram.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
 //! - [`supervisor`] — the update-worker's watchdog: exits, hangs, backoff, suspension, cleanup.
@@ -32,6 +33,7 @@ pub mod ipc;
 pub mod knn;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod shutdown;
 pub mod simulate;
 pub mod supervisor;

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+mod monitor;
 mod update;
 
+pub use monitor::MonitorConfig;
 pub use update::{FsyncMode, SwapConfig, WalSection, WorkerConfig};
 
 /// adaptserve: an online-learning inference server.
@@ -163,6 +165,7 @@ pub struct Config {
     pub wal: WalSection,
     pub worker: WorkerConfig,
     pub swap: SwapConfig,
+    pub monitor: MonitorConfig,
 }
 
 /// HTTP server settings.
@@ -540,6 +543,7 @@ impl Config {
             ));
         }
         update::validate(&self.wal, &self.worker, &self.swap)?;
+        monitor::validate(&self.monitor)?;
         let a = &self.alerts;
         for w in &a.webhooks {
             let url = w.url.expose();

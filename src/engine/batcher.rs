@@ -224,6 +224,12 @@ impl ModelThread {
         })
     }
 
+    /// False once the model thread has exited (it only does when its queue closes,
+    /// or if it panicked): `/health/ready` then answers 503.
+    pub fn is_alive(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// A handle for request handlers.
     pub fn client(&self) -> ModelClient {
         self.client

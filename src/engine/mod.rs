@@ -168,6 +168,11 @@ impl Engine {
         &self.stats
     }
 
+    /// Whether the model can serve: its thread is running.
+    pub fn model_alive(&self) -> bool {
+        self._model_thread.is_alive()
+    }
+
     /// The model thread's counters.
     pub fn batcher_stats(&self) -> &BatcherStats {
         self.client.stats()

@@ -109,7 +109,7 @@ fn ring_json(state: &AppState) -> Value {
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
     let engine = &state.engine;
     let status = engine.status();
-    let model = if state.is_ready() {
+    let model = if state.is_ready() && engine.model_alive() {
         component(
             Light::Green,
             format!("version {} loaded", status.model_version),
@@ -142,7 +142,12 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
     };
     let queue = component(queue_light, format!("{queued} of {capacity} queued"));
     let worker = worker_component(&state);
-    let alerts = component(Light::Green, "log");
+    let alerts = match state.updates.as_ref().map(|u| u.alerts().active()) {
+        Some(active) if !active.is_empty() => {
+            component(Light::Yellow, format!("firing: {}", active.join(", ")))
+        }
+        _ => component(Light::Green, "none firing"),
+    };
     let overall = [
         model.status,
         memory.status,
@@ -162,6 +167,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
         "status": overall,
         "mode": mode(status.cold_start),
         "worker": worker_json(&state),
+        "health_metrics": state.monitor.last().map(|h| json!(*h)),
         "components": {
             "model": model,
             "memory": memory,
@@ -178,7 +184,7 @@ pub(super) async fn live() -> AppJson<Value> {
 }
 
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
-    if state.is_ready() {
+    if state.is_ready() && state.engine.model_alive() {
         (StatusCode::OK, AppJson(json!({"status": "ready"})))
     } else {
         (

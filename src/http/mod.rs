@@ -47,6 +47,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// For `uptime_seconds`.
     pub started: Instant,
+    /// The health monitor's latency histogram and last result.
+    pub monitor: crate::monitor::Monitor,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             config,
             ready: AtomicBool::new(false),
             started: Instant::now(),
+            monitor: crate::monitor::Monitor::default(),
         })
     }
 
@@ -119,7 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.payload_limit_bytes))
         .with_state(state)
 }
@@ -150,7 +153,11 @@ async fn metrics(
 
 /// Counts every request and times it, labelled by the *matched* route template so
 /// that ids and typos cannot grow the label set.
-async fn track(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn track(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -165,8 +172,12 @@ async fn track(request: axum::extract::Request, next: axum::middleware::Next) ->
     let status = crate::metrics::status_label(response.status().as_u16());
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);
+    let elapsed = started.elapsed();
     metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
+    if route == "/v1/infer" {
+        state.monitor.infer_latency.record(elapsed);
+    }
     response
 }
 

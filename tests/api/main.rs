@@ -13,6 +13,7 @@ mod engine;
 mod infer;
 mod limits;
 mod metrics;
+mod monitor;
 mod process;
 mod supervisor;
 mod update;
