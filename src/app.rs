@@ -376,7 +376,11 @@ pub async fn run(
             let _ = draining_tx.send(());
         }
     };
-    let app = axum::serve(listener, http::router(state)).with_graceful_shutdown(on_shutdown);
+    let app = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(on_shutdown);
     let drain_limit = Duration::from_millis(config.server.shutdown_timeout_ms);
     let drain_deadline = async move {
         match draining_rx.await {

@@ -190,6 +190,11 @@ pub struct ServerConfig {
     /// Requests handled at once before new ones get 429. Sized well above what two
     /// cores can batch so that bursts queue briefly instead of failing.
     pub max_concurrency: usize,
+    /// Per-client (by IP) requests per second on `/v1/infer` and `/v1/feedback`
+    /// before 429; 0 turns the limit off.
+    pub rate_limit_per_sec: f64,
+    /// Requests a quiet client may send at once.
+    pub rate_limit_burst: f64,
     /// A request still running after this long gets 503 (`timeout`).
     pub request_timeout_ms: u64,
     /// How long graceful shutdown waits for in-flight requests.
@@ -207,6 +212,8 @@ impl Default for ServerConfig {
             payload_limit_bytes: 1 << 20,
             max_client_batch: 256,
             max_concurrency: 1024,
+            rate_limit_per_sec: 0.0,
+            rate_limit_burst: 50.0,
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
         }
@@ -493,6 +500,21 @@ impl Config {
         positive("server.max_client_batch", s.max_client_batch)?;
         positive("server.max_concurrency", s.max_concurrency)?;
         positive("server.request_timeout_ms", s.request_timeout_ms as usize)?;
+        if !(s.rate_limit_per_sec.is_finite() && s.rate_limit_per_sec >= 0.0) {
+            return Err(invalid(
+                "server.rate_limit_per_sec",
+                format!("must be >= 0 (0 = off), got {}", s.rate_limit_per_sec),
+            ));
+        }
+        if s.rate_limit_per_sec > 0.0 && (s.rate_limit_burst.is_nan() || s.rate_limit_burst < 1.0) {
+            return Err(invalid(
+                "server.rate_limit_burst",
+                format!(
+                    "must be >= 1 when the rate limit is on, got {}",
+                    s.rate_limit_burst
+                ),
+            ));
+        }
         if s.admin_token
             .as_ref()
             .is_some_and(|t| t.expose().is_empty())
@@ -649,9 +671,24 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_from_debug() {
-        let c = Config::from_serve_args(&serve(&["--admin-token", "hunter2"])).unwrap();
+        let c = Config::from_serve_args(&serve(&[
+            "--admin-token",
+            "hunter2",
+            "--webhook-url",
+            "https://hooks.slack.com/services/T0/B0/sEcReT",
+            "--webhook-url",
+            "https://discord.com/api/webhooks/1/tOkEn",
+            "--webhook-format",
+            "slack",
+        ]))
+        .unwrap();
+        assert_eq!(c.alerts.webhooks.len(), 2);
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("sEcReT") && !shown.contains("tOkEn"),
+            "{shown}"
+        );
         assert!(shown.contains("redacted"));
     }
 }

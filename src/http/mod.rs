@@ -13,6 +13,7 @@ mod error;
 mod feedback;
 mod health;
 mod infer;
+mod ratelimit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,8 @@ pub struct AppState {
     pub started: Instant,
     /// The health monitor's latency histogram and last result.
     pub monitor: crate::monitor::Monitor,
+    /// The per-client rate limit (off unless configured).
+    pub rate_limit: ratelimit::RateLimiter,
 }
 
 impl AppState {
@@ -58,6 +61,8 @@ impl AppState {
         updates: Option<Arc<UpdatePath>>,
         config: ServerConfig,
     ) -> Arc<Self> {
+        let rate_limit =
+            ratelimit::RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
         Arc::new(Self {
             engine,
             updates,
@@ -65,6 +70,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             monitor: crate::monitor::Monitor::default(),
+            rate_limit,
         })
     }
 
@@ -101,7 +107,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/infer", post(infer::infer))
         .route("/v1/feedback", post(feedback::feedback))
-        .layer(limits);
+        .layer(limits)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ));
     // Admin routes: the token check wraps the whole sub-router, and no request
     // timeout, since the sync barrier may legitimately wait for a training step.
     let admin = Router::new()
@@ -135,6 +145,28 @@ async fn overload_error(err: tower::BoxError) -> Response {
     } else {
         ApiError::Internal(err.to_string()).into_response()
     }
+}
+
+/// 429 for a client over its rate; a request without a peer address (in-process
+/// tests) is not limited.
+async fn rate_limit(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.rate_limit.enabled()
+        && let Some(peer) = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        && !state.rate_limit.allow(peer.0.ip(), Instant::now())
+    {
+        return ApiError::Overloaded(format!(
+            "rate limit: at most {} requests per second per client",
+            state.config.rate_limit_per_sec
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// `GET /metrics`: the Prometheus text format.

@@ -93,3 +93,40 @@ async fn slow_request_times_out_with_503() {
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("\"error_type\":\"timeout\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_client_rate_limit_answers_429_when_on() {
+    let server = crate::common::TestServer::start_with(|c| {
+        c.server.rate_limit_per_sec = 1.0;
+        c.server.rate_limit_burst = 3.0;
+    })
+    .await;
+    let http = crate::common::client();
+    let (x, _) = crate::common::sample(0);
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let r = http
+            .post(server.url("/v1/infer"))
+            .json(&serde_json::json!({"inputs": [x.clone()]}))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error_type"], "overloaded");
+            assert!(
+                body["error"].as_str().unwrap().contains("rate limit"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(&codes[..3], &[200, 200, 200], "{codes:?}");
+    assert_eq!(codes[4], 429, "{codes:?}");
+    // Health and metrics are never limited.
+    for _ in 0..10 {
+        let r = http.get(server.url("/health/live")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    server.stop().await.unwrap();
+}
