@@ -328,6 +328,48 @@ mod tests {
             );
         }
         assert_eq!(status_label(202), "202");
+        // The shipped Grafana dashboard only queries names defined here.
+        let all = [
+            HTTP_REQUESTS,
+            HTTP_DURATION,
+            INFER_ROWS,
+            MODEL_BATCH_ROWS,
+            MEMORY_EXPERIENCES,
+            KNN_SEARCH_DURATION,
+            KNN_FAILURES,
+            PSEUDO_LABELS,
+            LABELS,
+            UPDATES_SENT,
+            UPDATES_APPLIED,
+            UPDATES_DROPPED,
+            UPDATES_REFUSED,
+            RING_DEPTH,
+            RING_CAPACITY,
+            WAL_BYTES,
+            MODEL_VERSION,
+            MODEL_SWAPS,
+            MODEL_REJECTIONS,
+            MODEL_KL,
+            WORKER_RESTARTS,
+            WORKER_STATE,
+            ALERTS,
+            RSS_BYTES,
+        ];
+        let dashboard = include_str!("../docs/grafana-dashboard.json");
+        let mut used = 0;
+        for (at, _) in dashboard.match_indices("adaptserve_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                all.contains(&base),
+                "the dashboard queries unknown metric {name}"
+            );
+            used += 1;
+        }
+        assert!(used > 20, "the dashboard queries {used} series");
         assert_eq!(status_label(418), "other");
         assert!(resident_bytes().unwrap() > 1 << 20);
     }

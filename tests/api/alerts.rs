@@ -166,3 +166,54 @@ async fn webhooks_retry_honour_retry_after_and_break_without_blocking_each_other
     assert_eq!(slow.delivered.load(Ordering::Relaxed), 0);
     assert!(seen.slow_hits.load(Ordering::Relaxed) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_webhook_never_slows_or_fails_inference() {
+    let (base, seen) = receiver().await;
+    let stalled = hook(&base, "/slow", WebhookFormat::Alertmanager);
+    let server = crate::common::TestServer::start_with(move |c| {
+        // An alert every 50 ms (memory "pressure" with a 1 MiB limit, no cooldown)
+        // into a webhook that never answers, behind a queue of 4.
+        c.monitor.monitoring_interval_ms = 50;
+        c.monitor.memory_limit_bytes = 1 << 20;
+        c.alerts.cooldown_secs = 0;
+        c.alerts.queue = 4;
+        c.alerts.timeout_ms = 30_000;
+        c.alerts.webhooks = vec![stalled];
+    })
+    .await;
+    let http = crate::common::client();
+    let mut status = serde_json::Value::Null;
+    for t in 0..300u64 {
+        let (x, _) = crate::common::sample(t);
+        let r = http
+            .post(server.url("/v1/infer"))
+            .json(&serde_json::json!({"inputs": [x]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {t}");
+        if t % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    for _ in 0..300 {
+        status = server.status().await;
+        if status["alerts"]["webhooks"][0]["dropped"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hook = &status["alerts"]["webhooks"][0];
+    assert!(
+        hook["dropped"].as_u64().unwrap() > 0,
+        "a full webhook queue drops and counts: {status}"
+    );
+    assert_eq!(hook["delivered"], 0);
+    assert!(seen.slow_hits.load(Ordering::Relaxed) >= 1);
+    server.stop().await.unwrap();
+}
