@@ -235,6 +235,13 @@ impl Alerts {
         });
     }
 
+    /// A one-off notice (`worker_recovered`): sent like a firing alert, subject to
+    /// the cooldown, but never tracked as active.
+    pub fn notify(&self, name: &str, severity: Severity, summary: impl Into<String>) {
+        self.raise(name, severity, summary, BTreeMap::new());
+        self.active.lock().remove(name);
+    }
+
     /// Whether `name` is firing.
     pub fn is_active(&self, name: &str) -> bool {
         self.active.lock().contains_key(name)

@@ -13,12 +13,12 @@ pub struct MonitorConfig {
     pub monitoring_interval_ms: u64,
     /// `mean_kl_divergence` (nats) above which `kl_divergence_high` fires.
     pub kl_alert_threshold: f64,
-    /// Model-queue depth at or above which `queue_backlog` fires (the queue's bound,
+    /// Model-queue depth at or above which `queue_near_full` fires (the queue's bound,
     /// `batcher.queue_capacity`, is 1000 by default).
     pub queue_alert_threshold: usize,
-    /// Share of k-NN searches failing in an interval above which `knn_failures` fires.
+    /// Share of k-NN searches failing in an interval above which `knn_failure_rate_high` fires.
     pub knn_failure_rate_threshold: f64,
-    /// RSS over the memory limit above which `memory_pressure` fires.
+    /// RSS over the memory limit above which `memory_high` fires.
     pub memory_usage_threshold: f64,
     /// The memory limit in bytes; 0 takes the cgroup's limit, else the machine's RAM.
     pub memory_limit_bytes: u64,
@@ -32,7 +32,7 @@ impl Default for MonitorConfig {
             monitoring_interval_ms: 10_000,
             kl_alert_threshold: 0.2,
             queue_alert_threshold: 900,
-            knn_failure_rate_threshold: 0.05,
+            knn_failure_rate_threshold: 0.01,
             memory_usage_threshold: 0.9,
             memory_limit_bytes: 0,
             latency_p99_threshold_ms: 100.0,

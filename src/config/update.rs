@@ -103,11 +103,15 @@ pub struct WorkerConfig {
     /// `[0, min(max_backoff_ms, cooldown_ms · 2^(n−1))]` (full jitter).
     pub cooldown_ms: u64,
     pub max_backoff_ms: u64,
-    /// Consecutive failures after which supervision is suspended (emergency alert;
-    /// serving goes on; `POST /v1/admin/worker/restart` resumes).
+    /// Consecutive failed *starts* (no heartbeat) after which supervision is
+    /// suspended (emergency alert; serving goes on; `POST /v1/admin/worker/restart`
+    /// resumes). Deaths of workers that had started only grow the backoff.
     pub max_restart_attempts: u32,
-    /// A worker healthy for this long clears the failure count.
+    /// A worker healthy for this long clears the crash streak.
     pub stable_after_ms: u64,
+    /// This many crashes within `crash_window_ms` also suspend (an intensity limit).
+    pub max_crashes: usize,
+    pub crash_window_ms: u64,
     /// How long a stopping worker gets between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
 }
@@ -131,10 +135,12 @@ impl Default for WorkerConfig {
             watchdog_interval_ms: 100,
             heartbeat_timeout_ms: 5_000,
             startup_timeout_ms: 10_000,
-            cooldown_ms: 1_000,
+            cooldown_ms: 5_000,
             max_backoff_ms: 60_000,
-            max_restart_attempts: 5,
+            max_restart_attempts: 3,
             stable_after_ms: 60_000,
+            max_crashes: 20,
+            crash_window_ms: 600_000,
             stop_grace_ms: 3_000,
         }
     }

@@ -42,7 +42,7 @@ fn worker_json(state: &AppState) -> Value {
     match &state.updates {
         Some(u) => {
             let w = u.worker().status();
-            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts(), "consecutive_failures": w.failures()})
+            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts(), "failed_attempts": w.failed_attempts(), "crash_streak": w.crash_streak()})
         }
         None => json!({"pid": null, "state": "disabled", "restarts": 0}),
     }

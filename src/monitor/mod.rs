@@ -3,11 +3,11 @@
 //!
 //! | metric | alert (severity) |
 //! |---|---|
-//! | `update_rate` (updates applied per second) | `updates_stalled` (warning): a backlog and no progress |
-//! | `knn_failure_rate` (failed / attempted searches) | `knn_failures` (warning) |
+//! | `update_rate` (updates applied per minute) | `update_rate_zero` (warning): a backlog and no progress |
+//! | `knn_failure_rate` (failed / attempted searches) | `knn_failure_rate_high` (warning) |
 //! | `mean_kl_divergence` (swap task) | `kl_divergence_high` (warning) |
-//! | `queue_size` (model queue) | `queue_backlog` (warning) |
-//! | `memory_usage_ratio` (RSS / limit) | `memory_pressure` (critical) |
+//! | `queue_size` (model queue) | `queue_near_full` (warning) |
+//! | `memory_usage_ratio` (RSS / limit) | `memory_high` (critical) |
 //! | `inference_latency_p99` (`/v1/infer`) | `latency_p99_high` (warning) |
 //!
 //! Rates and the p99 are over the last interval (differences of counters), not since
@@ -33,6 +33,7 @@ use latency::{LatencyHistogram, Snapshot};
 /// One interval's health metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
+    /// Updates applied per minute.
     pub update_rate: f64,
     pub update_backlog: u64,
     pub knn_failure_rate: f64,
@@ -120,7 +121,7 @@ impl Monitor {
         };
         let rss = crate::metrics::resident_bytes().unwrap_or(0);
         let mut health = Health {
-            update_rate: now.applied.saturating_sub(before.applied) as f64 / seconds,
+            update_rate: now.applied.saturating_sub(before.applied) as f64 * 60.0 / seconds,
             update_backlog: sent.saturating_sub(now.applied),
             knn_failure_rate: if searches == 0 {
                 0.0
@@ -137,14 +138,14 @@ impl Monitor {
         let worker_expected = state.updates.as_ref().is_some_and(|u| u.worker().enabled());
         let checks = [
             (
-                "updates_stalled",
+                "update_rate_zero",
                 worker_expected
                     && health.update_backlog > 0
                     && now.applied == before.applied
                     && before.applied < sent,
             ),
             (
-                "knn_failures",
+                "knn_failure_rate_high",
                 health.knn_failure_rate > config.knn_failure_rate_threshold,
             ),
             (
@@ -152,11 +153,11 @@ impl Monitor {
                 health.mean_kl_divergence > config.kl_alert_threshold,
             ),
             (
-                "queue_backlog",
+                "queue_near_full",
                 health.queue_size >= config.queue_alert_threshold,
             ),
             (
-                "memory_pressure",
+                "memory_high",
                 health.memory_usage_ratio > config.memory_usage_threshold,
             ),
             (
@@ -175,14 +176,14 @@ impl Monitor {
         let alerts = u.alerts();
         let describe = |name: &str| -> (Severity, String) {
             match name {
-                "updates_stalled" => (
+                "update_rate_zero" => (
                     Severity::Warning,
                     format!(
                         "{} updates wait and none was applied in the last interval",
                         health.update_backlog
                     ),
                 ),
-                "knn_failures" => (
+                "knn_failure_rate_high" => (
                     Severity::Warning,
                     format!(
                         "{:.1}% of k-NN searches failed (threshold {:.1}%)",
@@ -197,14 +198,14 @@ impl Monitor {
                         health.mean_kl_divergence, config.kl_alert_threshold
                     ),
                 ),
-                "queue_backlog" => (
+                "queue_near_full" => (
                     Severity::Warning,
                     format!(
                         "{} requests wait for the model (threshold {})",
                         health.queue_size, config.queue_alert_threshold
                     ),
                 ),
-                "memory_pressure" => (
+                "memory_high" => (
                     Severity::Critical,
                     format!(
                         "the server uses {:.0}% of its memory limit",
@@ -222,11 +223,11 @@ impl Monitor {
             }
         };
         for name in [
-            "updates_stalled",
-            "knn_failures",
+            "update_rate_zero",
+            "knn_failure_rate_high",
             "kl_divergence_high",
-            "queue_backlog",
-            "memory_pressure",
+            "queue_near_full",
+            "memory_high",
             "latency_p99_high",
         ] {
             let (severity, summary) = describe(name);

@@ -4,18 +4,19 @@
 //! (the child's wait), and of a hang from the heartbeat the worker writes into the
 //! ring header (checked every `watchdog_interval_ms`; older than
 //! `heartbeat_timeout_ms` means hung, answered with SIGKILL). After a failure it:
-//! 1. raises a critical alert (`worker_down`);
+//! 1. raises a critical alert (`worker_crashed`) naming the exit status or "hung";
 //! 2. cleans up: a new ring generation (the WAL writer switches to it; the new worker
 //!    replays from the WAL whatever the old ring held) and the dead worker's
 //!    checkpoint temp files;
-//! 3. backs off `cooldown · 2^(n−1)` with full jitter, capped (`policy`);
+//! 3. backs off `cooldown · 2^(n−1)` with full jitter, capped (`policy`: failed
+//!    starts and crashes of started workers are counted apart);
 //! 4. respawns, and counts the start as good only once the new worker heartbeats
 //!    within `startup_timeout_ms`.
 //!
-//! After `max_restart_attempts` consecutive failures it suspends and raises an
-//! emergency alert; serving goes on without learning until
-//! `POST /v1/admin/worker/restart` resumes it. `stable_after_ms` of health clears the
-//! count. The worker sets its own parent-death signal (`prctl(PR_SET_PDEATHSIG)` as
+//! After `max_restart_attempts` consecutive failed starts, or `max_crashes` within
+//! `crash_window_ms`, it suspends and raises an emergency alert; serving goes on
+//! without learning until `POST /v1/admin/worker/restart` resumes it. A recovery
+//! resolves `worker_crashed` and sends an info `worker_recovered`. The worker sets its own parent-death signal (`prctl(PR_SET_PDEATHSIG)` as
 //! its first act, then checks its parent is still the server), so it never outlives
 //! the server — without an `unsafe` `pre_exec` here.
 
@@ -40,7 +41,7 @@ use crate::ipc::Ring;
 use crate::update::WorkerSpec;
 use crate::update::checkpoints::unix_ms;
 use crate::update::pipeline::Pipeline;
-use policy::{Decision, Policy};
+use policy::{Decision, Limits, Policy};
 
 /// The worker's state, as `/v1/status` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +107,8 @@ pub struct WorkerStatus {
     pid: AtomicU32,
     state: AtomicU8,
     restarts: AtomicU64,
-    failures: AtomicU32,
+    attempts: AtomicU32,
+    streak: AtomicU32,
 }
 
 impl WorkerStatus {
@@ -122,9 +124,13 @@ impl WorkerStatus {
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
-    /// Consecutive failures now.
-    pub fn failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
+    /// Consecutive failed starts now.
+    pub fn failed_attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+    /// Crashes of started workers since the last stable period.
+    pub fn crash_streak(&self) -> u32 {
+        self.streak.load(Ordering::Relaxed)
     }
     fn set(&self, state: WorkerState, pid: u32) {
         self.state.store(state as u8, Ordering::Relaxed);
@@ -203,12 +209,14 @@ impl Supervisor {
             status.set(WorkerState::Starting, 0);
             let task = Task {
                 binary: find_binary(settings.binary.as_deref()),
-                policy: Policy::new(
-                    Duration::from_millis(settings.cooldown_ms),
-                    Duration::from_millis(settings.max_backoff_ms),
-                    settings.max_restart_attempts,
-                    Duration::from_millis(settings.stable_after_ms),
-                ),
+                policy: Policy::new(Limits {
+                    cooldown: Duration::from_millis(settings.cooldown_ms),
+                    max_backoff: Duration::from_millis(settings.max_backoff_ms),
+                    max_attempts: settings.max_restart_attempts,
+                    stable_after: Duration::from_millis(settings.stable_after_ms),
+                    max_crashes: settings.max_crashes,
+                    crash_window: Duration::from_millis(settings.crash_window_ms),
+                }),
                 settings,
                 deps,
                 status: status.clone(),
@@ -319,15 +327,15 @@ impl Task {
                 self.clean_up().await;
             }
             first = false;
-            let (end, pid) = match self.spawn() {
+            let (end, pid, started) = match self.spawn() {
                 Ok(child) => {
                     let pid = child.id().unwrap_or(0);
                     match self.watch(child, &mut rx).await {
-                        Ok(end) => (end, pid),
+                        Ok((end, started)) => (end, pid, started),
                         Err(ack) => return self.stopped(ack),
                     }
                 }
-                Err(e) => (End::SpawnFailed(e.to_string()), 0),
+                Err(e) => (End::SpawnFailed(e.to_string()), 0, false),
             };
             let (reason, detail) = match &end {
                 End::Requested => continue,
@@ -350,19 +358,20 @@ impl Task {
             };
             self.status.restarts.fetch_add(1, Ordering::Relaxed);
             crate::metrics::record_restart(reason);
-            let decision = self.policy.on_failure(&mut rand::rng());
-            self.status
-                .failures
-                .store(self.policy.failures(), Ordering::Relaxed);
+            let decision = self
+                .policy
+                .on_failure(started, Instant::now(), &mut rand::rng());
+            self.publish_counts();
             let mut details = BTreeMap::new();
             details.insert("pid".to_string(), pid.to_string());
             details.insert("reason".to_string(), reason.to_string());
             details.insert(
-                "consecutive_failures".to_string(),
-                self.policy.failures().to_string(),
+                "failed_attempts".to_string(),
+                self.policy.attempts().to_string(),
             );
+            details.insert("crash_streak".to_string(), self.policy.streak().to_string());
             self.deps.alerts.raise(
-                "worker_down",
+                "worker_crashed",
                 Severity::Critical,
                 format!("the update-worker {detail}; serving continues, learning waits"),
                 details,
@@ -373,7 +382,8 @@ impl Task {
                     tracing::warn!(
                         reason,
                         ?wait,
-                        failures = self.policy.failures(),
+                        attempts = self.policy.attempts(),
+                        streak = self.policy.streak(),
                         "update-worker failed; restarting after backoff"
                     );
                     match wait_or_request(&mut rx, wait).await {
@@ -381,18 +391,23 @@ impl Task {
                         Next::Stop(ack) => return self.stopped(ack),
                     }
                 }
-                Decision::Suspend => {
+                Decision::SuspendAttempts | Decision::SuspendIntensity => {
                     self.status.set(WorkerState::Suspended, 0);
-                    tracing::error!(
-                        failures = self.policy.failures(),
-                        "update-worker supervision suspended"
-                    );
+                    let why = if decision == Decision::SuspendAttempts {
+                        format!("failed to start {} times in a row", self.policy.attempts())
+                    } else {
+                        format!(
+                            "crashed {} times within {} s",
+                            self.settings.max_crashes,
+                            self.settings.crash_window_ms / 1000
+                        )
+                    };
+                    tracing::error!(%why, "update-worker supervision suspended");
                     self.deps.alerts.raise(
                         "worker_suspended",
                         Severity::Emergency,
                         format!(
-                            "the update-worker failed {} times in a row; supervision is suspended and the model no longer learns. POST /v1/admin/worker/restart resumes it",
-                            self.policy.failures()
+                            "the update-worker {why}; supervision is suspended and the model no longer learns (serving goes on). POST /v1/admin/worker/restart resumes it"
                         ),
                         BTreeMap::new(),
                     );
@@ -409,7 +424,7 @@ impl Task {
                         }
                     }
                     self.policy.reset();
-                    self.status.failures.store(0, Ordering::Relaxed);
+                    self.publish_counts();
                     self.deps.alerts.resolve(
                         "worker_suspended",
                         Severity::Emergency,
@@ -421,12 +436,22 @@ impl Task {
         }
     }
 
-    /// Watches one worker until it ends; `Err` carries a stop request.
+    fn publish_counts(&self) {
+        self.status
+            .attempts
+            .store(self.policy.attempts(), Ordering::Relaxed);
+        self.status
+            .streak
+            .store(self.policy.streak(), Ordering::Relaxed);
+    }
+
+    /// Watches one worker until it ends; the flag says whether it had heartbeated.
+    /// `Err` carries a stop request.
     async fn watch(
         &mut self,
         mut child: Child,
         rx: &mut mpsc::Receiver<Request>,
-    ) -> Result<End, Option<oneshot::Sender<()>>> {
+    ) -> Result<(End, bool), Option<oneshot::Sender<()>>> {
         let pid = child.id().unwrap_or(0);
         let spawned_ms = unix_ms();
         let spawned = Instant::now();
@@ -438,7 +463,7 @@ impl Task {
             tokio::select! {
                 exit = child.wait() => {
                     let code = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
-                    return Ok(End::Exited(code));
+                    return Ok((End::Exited(code), running));
                 }
                 _ = tick.tick() => {
                     let beat = self.deps.pipeline.ring().heartbeat_ms();
@@ -446,18 +471,23 @@ impl Task {
                         if beat >= spawned_ms {
                             running = true;
                             self.status.set(WorkerState::Running, pid);
-                            self.deps.alerts.resolve("worker_down", Severity::Critical, "the update-worker is running again");
+                            self.policy.on_healthy(Instant::now());
+                            self.publish_counts();
+                            if self.deps.alerts.is_active("worker_crashed") {
+                                self.deps.alerts.resolve("worker_crashed", Severity::Critical, "the update-worker is running again");
+                                self.deps.alerts.notify("worker_recovered", Severity::Info, format!("the update-worker is running again (pid {pid})"));
+                            }
                         } else if spawned.elapsed() > Duration::from_millis(self.settings.startup_timeout_ms) {
                             let _ = child.kill().await;
-                            return Ok(End::StartupTimeout);
+                            return Ok((End::StartupTimeout, false));
                         }
                     } else if unix_ms().saturating_sub(beat) > self.settings.heartbeat_timeout_ms {
                         // A stopped or deadlocked process cannot be asked: kill it.
                         let _ = child.kill().await;
-                        return Ok(End::Hung);
+                        return Ok((End::Hung, true));
                     } else {
                         self.policy.on_healthy(Instant::now());
-                        self.status.failures.store(self.policy.failures(), Ordering::Relaxed);
+                        self.publish_counts();
                     }
                 }
                 request = rx.recv() => match request {
@@ -465,14 +495,14 @@ impl Task {
                         self.stop_child(&mut child).await;
                         crate::metrics::record_restart("requested");
                         tracing::info!(point = ?*self.start.lock(), "restarting the update-worker on request");
-                        return Ok(End::Requested);
+                        return Ok((End::Requested, running));
                     }
                     Some(Request::Resume(ack)) => {
                         // Not suspended: an operator's restart of a live worker.
                         let _ = ack.send(false);
                         self.stop_child(&mut child).await;
                         crate::metrics::record_restart("operator");
-                        return Ok(End::Requested);
+                        return Ok((End::Requested, running));
                     }
                     Some(Request::Stop(ack)) => {
                         self.stop_child(&mut child).await;

@@ -244,7 +244,7 @@ impl UpdatePath {
             details.insert("serving".to_string(), serving.to_string());
             details.insert("kl".to_string(), format!("{:.4}", cmp.kl));
             self.alerts.raise(
-                "model_version_rejected",
+                "model_rejected",
                 Severity::Warning,
                 format!(
                     "version {version} moved {:.3} nats from version {serving} (threshold {}); rejected, the worker restarts from {serving}",

@@ -109,7 +109,7 @@ async fn webhooks_retry_honour_retry_after_and_break_without_blocking_each_other
     let mut details = BTreeMap::new();
     details.insert("pid".to_string(), "42".to_string());
     alerts.raise(
-        "worker_down",
+        "worker_crashed",
         Severity::Critical,
         "the worker died",
         details,
@@ -120,7 +120,7 @@ async fn webhooks_retry_honour_retry_after_and_break_without_blocking_each_other
     let body = seen.ok.lock()[0].clone();
     assert_eq!(
         (body["name"].as_str(), body["severity"].as_str()),
-        (Some("worker_down"), Some("critical"))
+        (Some("worker_crashed"), Some("critical"))
     );
     assert_eq!(body["details"]["pid"], "42");
 
@@ -130,7 +130,12 @@ async fn webhooks_retry_honour_retry_after_and_break_without_blocking_each_other
         let calls = seen.limited.lock();
         let gap = calls[1].0 - calls[0].0;
         assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
-        assert!(calls[1].1["text"].as_str().unwrap().contains("worker_down"));
+        assert!(
+            calls[1].1["text"]
+                .as_str()
+                .unwrap()
+                .contains("worker_crashed")
+        );
     }
 
     // The failing one: three attempts, then a counted failure.

@@ -61,7 +61,7 @@ async fn thresholds_raise_alerts_that_resolve_when_the_condition_passes() {
         assert_eq!(r.status(), 200);
     }
     let h = until(&server, "latency and memory alerts", |h| {
-        firing(h, "latency_p99_high") && firing(h, "memory_pressure")
+        firing(h, "latency_p99_high") && firing(h, "memory_high")
     })
     .await;
     assert_eq!(h["components"]["alerts"]["status"], "yellow");
@@ -84,7 +84,7 @@ async fn thresholds_raise_alerts_that_resolve_when_the_condition_passes() {
         !firing(h, "latency_p99_high")
     })
     .await;
-    assert!(firing(&h, "memory_pressure"));
+    assert!(firing(&h, "memory_high"));
     let lines: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
@@ -99,7 +99,7 @@ async fn thresholds_raise_alerts_that_resolve_when_the_condition_passes() {
     assert!(
         lines
             .iter()
-            .any(|a| a["name"] == "memory_pressure" && a["severity"] == "critical")
+            .any(|a| a["name"] == "memory_high" && a["severity"] == "critical")
     );
     server.stop().await.unwrap();
 }

@@ -112,7 +112,7 @@ async fn a_killed_worker_is_seen_at_once_and_inference_never_fails_meanwhile() {
     );
     let lines = alert_lines(&alert_file);
     assert!(
-        lines.iter().any(|a| a["name"] == "worker_down"
+        lines.iter().any(|a| a["name"] == "worker_crashed"
             && a["status"] == "firing"
             && a["severity"] == "critical"),
         "{lines:?}"
@@ -121,13 +121,26 @@ async fn a_killed_worker_is_seen_at_once_and_inference_never_fails_meanwhile() {
     for _ in 0..100 {
         resolved = alert_lines(&alert_file)
             .iter()
-            .any(|a| a["name"] == "worker_down" && a["status"] == "resolved");
+            .any(|a| a["name"] == "worker_crashed" && a["status"] == "resolved");
         if resolved {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(resolved, "the recovery was not announced");
+    assert!(
+        alert_lines(&alert_file)
+            .iter()
+            .any(|a| a["name"] == "worker_recovered" && a["severity"] == "info"),
+        "no worker_recovered notice"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|a| a["name"] == "worker_crashed"
+                && a["summary"].as_str().unwrap().contains("SIGKILL")),
+        "the alert names the signal: {lines:?}"
+    );
     let metrics = client()
         .get(server.url("/metrics"))
         .send()
@@ -198,7 +211,7 @@ async fn a_crash_loop_suspends_supervision_until_an_operator_resumes_it() {
     .await;
     let suspended = wait_state(&server, "suspended", None).await;
     assert_eq!(suspended["worker"]["restarts"], 3, "{suspended}");
-    assert_eq!(suspended["worker"]["consecutive_failures"], 3);
+    assert_eq!(suspended["worker"]["failed_attempts"], 3);
     let active = &suspended["alerts"]["active"];
     assert!(
         active
@@ -237,7 +250,7 @@ async fn a_crash_loop_suspends_supervision_until_an_operator_resumes_it() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["resumed"], true, "{body}");
     let running = wait_state(&server, "running", None).await;
-    assert_eq!(running["worker"]["consecutive_failures"], 0);
+    assert_eq!(running["worker"]["failed_attempts"], 0);
     assert!(
         !running["alerts"]["active"]
             .as_array()
