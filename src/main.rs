@@ -9,7 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_)) {
+    if matches!(cli.command, Command::Serve(_) | Command::Simulate(_)) {
         app::ensure_single_threaded_kernels();
     }
     telemetry::init();
@@ -34,6 +34,11 @@ fn main() -> ExitCode {
         Command::TrainDefault(a) => model::train_default_model(&a.output, a.seed)
             .map(|report| println!("{report}"))
             .map_err(anyhow::Error::from),
+        Command::Simulate(a) => match adaptserve::simulate::simulate(a) {
+            // A failed check is the simulation's verdict, already printed: exit 1.
+            Ok(false) => return ExitCode::FAILURE,
+            other => other.map(|_| ()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,9 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Train the shipped default model deterministically on the synthetic task.
     TrainDefault(TrainDefaultArgs),
+    /// Drive a server with an open-loop drifting stream, delayed labels and chaos;
+    /// check it stays up and keeps learning; write results.json and report.html.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Flags of `adaptserve serve`. Each is also an `ADAPTSERVE_*` environment variable.

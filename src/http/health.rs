@@ -213,6 +213,7 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         "worker": worker_json(&state),
         "ring": ring_json(&state),
         "wal_bytes": state.updates.as_ref().map_or(0, |u| u.pipeline().wal_bytes()),
+        "rss_bytes": crate::metrics::resident_bytes(),
         "alerts": alerts_json(&state),
         "updates": {
             "sent": s.updates.sent,

@@ -1,0 +1,76 @@
+//! `adaptserve simulate`'s flags: the run, the chaos, and every check's threshold.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 90s or 8h: {e}"))
+}
+
+/// Flags of `adaptserve simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Target a running server instead of starting one (chaos then needs the server
+    /// on this machine: it signals the worker pid the server reports)
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Admin token of the --url server (for the final sync)
+    #[arg(long, env = "ADAPTSERVE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// How long to run, e.g. 90s, 10m, 8h
+    #[arg(long, default_value = "90s", value_parser = duration)]
+    pub duration: Duration,
+    /// Requests per second, sent open loop (on schedule, never waiting for replies)
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// SIGKILL or SIGSTOP the update-worker at random
+    #[arg(long)]
+    pub chaos: bool,
+    /// Probability per second of a chaos event
+    #[arg(long, default_value_t = 0.01)]
+    pub crash_probability: f64,
+    /// Share of requests whose label comes back as delayed feedback
+    #[arg(long, default_value_t = 0.3)]
+    pub label_fraction: f64,
+    /// How long a label takes to come back
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub label_delay: Duration,
+    /// Samples between abrupt drifts; 0 = 30 seconds of requests at --rate
+    #[arg(long, default_value_t = 0)]
+    pub abrupt_every: u64,
+    /// Seed of the stream, the labels and the chaos
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where results.json, report.html and the server log go
+    #[arg(long, default_value = "simulation")]
+    pub output: PathBuf,
+    /// Share of the run treated as warm-up for the memory-growth check
+    #[arg(long, default_value_t = 0.2)]
+    pub warmup_fraction: f64,
+    /// Check: RSS at the end over RSS after warm-up
+    #[arg(long, default_value_t = 1.15)]
+    pub max_memory_growth: f64,
+    /// Check: the model queue's largest depth
+    #[arg(long, default_value_t = 500.0)]
+    pub max_queue: f64,
+    /// Check: failed k-NN searches over attempted ones
+    #[arg(long, default_value_t = 0.01)]
+    pub max_knn_failure_rate: f64,
+    /// Check: answered requests over sent ones
+    #[arg(long, default_value_t = 0.99)]
+    pub min_success_rate: f64,
+    /// Check: updates applied per minute must exceed this
+    #[arg(long, default_value_t = 0.0)]
+    pub min_update_rate: f64,
+    /// Check: the WAL's largest size in MiB (it is truncated as versions swap in)
+    #[arg(long, default_value_t = 64.0)]
+    pub max_wal_mib: f64,
+    /// Check: seconds an injected crash may take to recover
+    #[arg(long, default_value_t = 60.0)]
+    pub max_recovery_secs: f64,
+    /// Check: prequential accuracy must exceed the frozen starting model's by this
+    #[arg(long, default_value_t = 0.0)]
+    pub min_accuracy_gain: f64,
+}

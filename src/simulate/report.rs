@@ -1,0 +1,311 @@
+//! `results.json` and the self-contained `report.html` (inline SVG from plotters).
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde_json::json;
+
+use super::SimulateArgs;
+use super::checks::Check;
+use super::run::{Crash, Outcome, Sample};
+
+/// Writes `results.json`.
+pub fn write_results(
+    dir: &Path,
+    args: &SimulateArgs,
+    outcome: &Outcome,
+    checks: &[Check],
+) -> anyhow::Result<()> {
+    let results = json!({
+        "passed": checks.iter().all(|c| c.passed),
+        "checks": checks,
+        "config": {
+            "duration_secs": args.duration.as_secs_f64(),
+            "rate": args.rate,
+            "chaos": args.chaos,
+            "crash_probability": args.crash_probability,
+            "label_fraction": args.label_fraction,
+            "seed": args.seed,
+        },
+        "figures": {
+            "duration_secs": outcome.duration_secs,
+            "requests_sent": outcome.sent,
+            "requests_ok": outcome.ok,
+            "requests_failed": outcome.failed,
+            "feedback_ok": outcome.feedback_ok,
+            "feedback_failed": outcome.feedback_failed,
+            "latency_p50_ms": outcome.p50_ms,
+            "latency_p99_ms": outcome.p99_ms,
+            "latency_p999_ms": outcome.p999_ms,
+            "latency_max_ms": outcome.max_ms,
+            "accuracy": outcome.accuracy,
+            "frozen_accuracy": outcome.frozen_accuracy,
+            "crashes": outcome.crashes.len(),
+            "synced": outcome.synced,
+        },
+        "crashes": outcome.crashes,
+        "final_status": outcome.final_status,
+        "samples": outcome.samples,
+    });
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// One plotted line.
+struct Line<'a> {
+    label: &'a str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+fn plot(
+    title: &str,
+    y_label: &str,
+    lines: &[Line<'_>],
+    crashes: &[Crash],
+    t_max: f64,
+) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let y_max = lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max.max(1.0), 0.0..y_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for c in crashes {
+            let color = if c.signal == "SIGKILL" {
+                RED
+            } else {
+                RGBColor(230, 140, 0)
+            };
+            chart
+                .draw_series(LineSeries::new(
+                    [(c.t, 0.0), (c.t, y_max)],
+                    color.stroke_width(1),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(r) = c.recovered_after {
+                chart
+                    .draw_series(LineSeries::new(
+                        [(c.t + r, 0.0), (c.t + r, y_max)],
+                        GREEN.stroke_width(1),
+                    ))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        for line in lines {
+            let color = line.color;
+            chart
+                .draw_series(LineSeries::new(
+                    line.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(line.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
+}
+
+fn series(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<(f64, f64)> {
+    samples
+        .iter()
+        .filter_map(|s| f(s).map(|v| (s.t, v)))
+        .collect()
+}
+
+/// A trailing mean over `w` points, so per-second accuracy is readable.
+fn smooth(points: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
+    (0..points.len())
+        .map(|i| {
+            let from = i.saturating_sub(w - 1);
+            let slice = &points[from..=i];
+            (
+                points[i].0,
+                slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64,
+            )
+        })
+        .collect()
+}
+
+/// Writes `report.html`: the checks, the figures, and four plots with the injected
+/// faults marked (red SIGKILL, orange SIGSTOP, green recovery).
+pub fn write_report(
+    dir: &Path,
+    args: &SimulateArgs,
+    o: &Outcome,
+    checks: &[Check],
+) -> anyhow::Result<()> {
+    let t_max = o.samples.last().map_or(1.0, |s| s.t);
+    let s = &o.samples;
+    let plots = [
+        plot(
+            "Latency (per second, from the scheduled send time)",
+            "ms",
+            &[
+                Line {
+                    label: "p50",
+                    color: BLUE,
+                    points: series(s, |x| x.p50_ms),
+                },
+                Line {
+                    label: "p99",
+                    color: RGBColor(200, 0, 120),
+                    points: series(s, |x| x.p99_ms),
+                },
+                Line {
+                    label: "p99.9",
+                    color: BLACK,
+                    points: series(s, |x| x.p999_ms),
+                },
+            ],
+            &o.crashes,
+            t_max,
+        )?,
+        plot(
+            "Prequential accuracy (10 s trailing mean)",
+            "accuracy",
+            &[
+                Line {
+                    label: "adaptive server",
+                    color: BLUE,
+                    points: smooth(series(s, |x| x.accuracy), 10),
+                },
+                Line {
+                    label: "frozen starting model",
+                    color: RGBColor(120, 120, 120),
+                    points: smooth(series(s, |x| x.frozen_accuracy), 10),
+                },
+            ],
+            &o.crashes,
+            t_max,
+        )?,
+        plot(
+            "Queues",
+            "entries",
+            &[
+                Line {
+                    label: "ring depth",
+                    color: BLUE,
+                    points: series(s, |x| Some(x.ring_depth as f64)),
+                },
+                Line {
+                    label: "model queue",
+                    color: RGBColor(200, 0, 120),
+                    points: series(s, |x| Some(x.queue as f64)),
+                },
+            ],
+            &o.crashes,
+            t_max,
+        )?,
+        plot(
+            "Server memory",
+            "MiB",
+            &[
+                Line {
+                    label: "RSS",
+                    color: BLUE,
+                    points: series(s, |x| Some(x.rss_bytes as f64 / 1048576.0)),
+                },
+                Line {
+                    label: "WAL",
+                    color: RGBColor(0, 140, 0),
+                    points: series(s, |x| Some(x.wal_bytes as f64 / 1048576.0)),
+                },
+            ],
+            &o.crashes,
+            t_max,
+        )?,
+    ];
+    let passed = checks.iter().all(|c| c.passed);
+    let rows: String = checks
+        .iter()
+        .map(|c| {
+            format!(
+                "<tr class=\"{}\"><td>{}</td><td>{:.4}</td><td>{} {}</td><td>{}</td></tr>",
+                if c.passed { "ok" } else { "fail" },
+                c.name,
+                c.value,
+                c.rule,
+                c.threshold,
+                if c.passed { "passed" } else { "FAILED" }
+            )
+        })
+        .collect();
+    let crashes: String = o
+        .crashes
+        .iter()
+        .map(|c| {
+            format!(
+                "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                c.t,
+                c.signal,
+                c.pid,
+                c.recovered_after
+                    .map_or("not recovered".to_string(), |r| format!("{r:.1} s"))
+            )
+        })
+        .collect();
+    let html = format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>adaptserve simulation</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.fail{{background:#fdd}}tr.ok{{background:#dfd}}</style></head><body>
+<h1>adaptserve simulation: {verdict}</h1>
+<p>{duration:.0} s at {rate} req/s, chaos {chaos} (p = {p}/s), label fraction {lf}, seed {seed}.
+{sent} requests, {ok} answered, {failed} failed; latency p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms;
+accuracy {acc:.4} against the frozen model's {facc:.4}.</p>
+<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>threshold</th><th></th></tr>{rows}</table>
+<h2>Injected faults</h2><table><tr><th>at</th><th>signal</th><th>worker pid</th><th>recovered after</th></tr>{crashes}</table>
+<h2>Over time</h2>{p0}{p1}{p2}{p3}
+</body></html>"#,
+        verdict = if passed { "passed" } else { "FAILED" },
+        duration = o.duration_secs,
+        rate = args.rate,
+        chaos = args.chaos,
+        p = args.crash_probability,
+        lf = args.label_fraction,
+        seed = args.seed,
+        sent = o.sent,
+        ok = o.ok,
+        failed = o.failed,
+        p50 = o.p50_ms,
+        p99 = o.p99_ms,
+        p999 = o.p999_ms,
+        max = o.max_ms,
+        acc = o.accuracy,
+        facc = o.frozen_accuracy,
+        p0 = plots[0],
+        p1 = plots[1],
+        p2 = plots[2],
+        p3 = plots[3],
+    );
+    let path = dir.join("report.html");
+    std::fs::write(&path, html).with_context(|| format!("cannot write {}", path.display()))
+}

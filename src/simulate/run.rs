@@ -1,0 +1,492 @@
+//! The simulation driver: a server, an open-loop load, delayed labels, chaos, and a
+//! sampler, all on one tokio runtime.
+//!
+//! Open loop: request `i` is *scheduled* at `start + i/rate` and its latency is
+//! measured from that instant, whether or not earlier requests have answered, so a
+//! stalled server shows up as latency rather than as fewer requests (no coordinated
+//! omission). The frozen starting model predicts every request in-process, so the
+//! adaptive server and the frozen model are scored on exactly the same inputs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
+
+use super::SimulateArgs;
+use super::stream::{StreamConfig, SyntheticStream};
+use crate::model::Mlp;
+
+/// Most requests in flight before the client itself counts new ones as failed: a
+/// bound on the simulator's own memory when the server stops answering.
+const MAX_IN_FLIGHT: u64 = 20_000;
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t: f64,
+    pub rss_bytes: u64,
+    pub ring_depth: u64,
+    pub queue: u64,
+    pub wal_bytes: u64,
+    pub worker_pid: Option<u64>,
+    pub worker_state: String,
+    pub restarts: u64,
+    pub model_version: u64,
+    pub experiences: u64,
+    pub updates_sent: u64,
+    pub updates_applied: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub frozen_accuracy: Option<f64>,
+    pub requests: u64,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct Crash {
+    pub t: f64,
+    pub signal: &'static str,
+    pub pid: u64,
+    pub recovered_after: Option<f64>,
+}
+
+/// Counters the load tasks share.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    feedback_ok: AtomicU64,
+    feedback_failed: AtomicU64,
+}
+
+/// Latency and accuracy, per window and in total (a short lock per request).
+struct Scores {
+    window: Histogram<u64>,
+    total: Histogram<u64>,
+    hits: (u64, u64, u64),
+    total_hits: (u64, u64, u64),
+}
+
+impl Scores {
+    fn new() -> Self {
+        // 1 µs .. 10 min at 3 significant digits.
+        let h =
+            || Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds: this is a bug");
+        Self {
+            window: h(),
+            total: h(),
+            hits: (0, 0, 0),
+            total_hits: (0, 0, 0),
+        }
+    }
+}
+
+/// Everything the run measured.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub duration_secs: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub feedback_ok: u64,
+    pub feedback_failed: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub accuracy: f64,
+    pub frozen_accuracy: f64,
+    pub samples: Vec<Sample>,
+    pub crashes: Vec<Crash>,
+    pub final_status: Value,
+    pub synced: bool,
+}
+
+/// The server under test and how to reach it.
+pub struct Target {
+    pub base: String,
+    pub token: Option<String>,
+    child: Option<tokio::process::Child>,
+    _state: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    /// Starts `adaptserve serve` (this executable) on a free port with a fresh state
+    /// dir and the default model; its log goes to `log`.
+    pub async fn start(log: &Path) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir().context("cannot create a state dir")?;
+        let config = state.path().join("simulate.toml");
+        // Small WAL segments, so that truncation happens within a short run.
+        std::fs::write(&config, "[wal]\nsegment_bytes = 262144\n")
+            .context("cannot write the server config")?;
+        let token = format!("sim-{}", rand::rng().random::<u64>());
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--admin-token",
+                &token,
+                "--state-dir",
+            ])
+            .arg(state.path().join("state"))
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server")?;
+        let stderr = child.stderr.take().context("no server stderr")?;
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let log = log.to_path_buf();
+        tokio::spawn(async move {
+            let mut file = tokio::fs::File::create(&log).await.ok();
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(tx) = addr_tx.take_if(|_| line.contains("adaptserve listening")) {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(str::to_string);
+                    let _ = tx.send(addr);
+                }
+                if let Some(f) = file.as_mut() {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = f.write_all(line.as_bytes()).await;
+                    let _ = f.write_all(b"\n").await;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(120), addr_rx)
+            .await
+            .context("the server did not start within 2 minutes")?
+            .ok()
+            .flatten()
+            .context("the server exited before listening (see server.log)")?;
+        Ok(Self {
+            base: format!("http://{addr}"),
+            token: Some(token),
+            child: Some(child),
+            _state: Some(state),
+        })
+    }
+
+    /// A server someone else runs.
+    pub fn remote(url: &str, token: Option<String>) -> Self {
+        Self {
+            base: url.trim_end_matches('/').to_string(),
+            token,
+            child: None,
+            _state: None,
+        }
+    }
+
+    /// SIGTERM our own server and wait for it (SIGKILL after 30 s).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e3)
+}
+
+/// Drives the target for `args.duration`; `progress(t, sample)` is called each second.
+pub async fn drive(
+    args: &SimulateArgs,
+    target: &Target,
+    frozen: Arc<Mlp>,
+    mut progress: impl FnMut(&Sample),
+) -> anyhow::Result<Outcome> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let ready = format!("{}/health/ready", target.base);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !http
+        .get(&ready)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} never became ready",
+            target.base
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let abrupt_every = if args.abrupt_every == 0 {
+        ((args.rate * 30.0) as u64).max(200)
+    } else {
+        args.abrupt_every
+    };
+    let stream = Arc::new(SyntheticStream::new(StreamConfig {
+        seed: args.seed,
+        abrupt_every,
+        ..StreamConfig::default()
+    }));
+    let counters = Arc::new(Counters::default());
+    let scores = Arc::new(Mutex::new(Scores::new()));
+    let start = Instant::now();
+    let end = start + args.duration;
+
+    // The open-loop generator.
+    let load = {
+        let (http, stream, counters, scores, frozen) = (
+            http.clone(),
+            stream.clone(),
+            counters.clone(),
+            scores.clone(),
+            frozen.clone(),
+        );
+        let (base, rate, fraction, delay, seed) = (
+            target.base.clone(),
+            args.rate,
+            args.label_fraction,
+            args.label_delay,
+            args.seed,
+        );
+        tokio::spawn(async move {
+            let mut labels = ChaCha8Rng::seed_from_u64(seed ^ 0x1abe1);
+            for i in 0u64.. {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                if counters.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let feedback = labels.random::<f64>() < fraction;
+                let (http, stream, counters, scores, frozen, base) = (
+                    http.clone(),
+                    stream.clone(),
+                    counters.clone(),
+                    scores.clone(),
+                    frozen.clone(),
+                    base.clone(),
+                );
+                counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let sample = stream.sample(i);
+                    let reply = http
+                        .post(format!("{base}/v1/infer"))
+                        .json(&json!({"inputs": [sample.features]}))
+                        .send()
+                        .await;
+                    let answer = match reply {
+                        Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                        _ => None,
+                    };
+                    let latency_us = at.elapsed().as_micros().max(1) as u64;
+                    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let Some(answer) = answer else {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    counters.ok.fetch_add(1, Ordering::Relaxed);
+                    let p = &answer["predictions"][0];
+                    let hit = p["label"].as_u64() == Some(u64::from(sample.label));
+                    let frozen_hit = frozen
+                        .forward(&sample.features, 1)
+                        .ok()
+                        .map(|f| crate::engine::argmax(f.probs_row(0)).0 == sample.label as usize)
+                        .unwrap_or(false);
+                    {
+                        let mut s = scores.lock();
+                        let _ = s.window.record(latency_us);
+                        let _ = s.total.record(latency_us);
+                        s.hits.0 += u64::from(hit);
+                        s.hits.1 += u64::from(frozen_hit);
+                        s.hits.2 += 1;
+                        s.total_hits.0 += u64::from(hit);
+                        s.total_hits.1 += u64::from(frozen_hit);
+                        s.total_hits.2 += 1;
+                    }
+                    if feedback && let Some(id) = p["request_id"].as_u64() {
+                        tokio::time::sleep(delay).await;
+                        let sent = http
+                            .post(format!("{base}/v1/feedback"))
+                            .json(&json!({"request_id": id, "label": sample.label}))
+                            .send()
+                            .await;
+                        if sent.is_ok_and(|r| r.status() == 202) {
+                            counters.feedback_ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            counters.feedback_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        })
+    };
+
+    // The sampler and the chaos, once a second.
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut crashes: Vec<Crash> = Vec::new();
+    let mut chaos_rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xc4a05);
+    let status_url = format!("{}/v1/status", target.base);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let recovery_grace = Duration::from_secs_f64(args.max_recovery_secs);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let t = now.duration_since(start).as_secs_f64();
+        let load_done = now >= end;
+        let pending = crashes.iter().any(|c| c.recovered_after.is_none());
+        if load_done && (!pending || now >= end + recovery_grace) {
+            break;
+        }
+        let status = get_json(&http, &status_url).await.unwrap_or(Value::Null);
+        let sample = {
+            let mut s = scores.lock();
+            let acc =
+                |h: (u64, u64, u64), i: usize| (h.2 > 0).then(|| [h.0, h.1][i] as f64 / h.2 as f64);
+            let sample = Sample {
+                t,
+                rss_bytes: status["rss_bytes"].as_u64().unwrap_or(0),
+                ring_depth: status["ring"]["depth"].as_u64().unwrap_or(0),
+                queue: status["batcher"]["queued"].as_u64().unwrap_or(0),
+                wal_bytes: status["wal_bytes"].as_u64().unwrap_or(0),
+                worker_pid: status["worker"]["pid"].as_u64(),
+                worker_state: status["worker"]["state"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
+                restarts: status["worker"]["restarts"].as_u64().unwrap_or(0),
+                model_version: status["model_version"].as_u64().unwrap_or(0),
+                experiences: status["experiences"].as_u64().unwrap_or(0),
+                updates_sent: status["updates"]["sent"].as_u64().unwrap_or(0),
+                updates_applied: status["updates"]["applied"].as_u64().unwrap_or(0),
+                p50_ms: ms(&s.window, 0.5),
+                p99_ms: ms(&s.window, 0.99),
+                p999_ms: ms(&s.window, 0.999),
+                accuracy: acc(s.hits, 0),
+                frozen_accuracy: acc(s.hits, 1),
+                requests: s.hits.2,
+            };
+            s.window.reset();
+            s.hits = (0, 0, 0);
+            sample
+        };
+        for c in crashes.iter_mut().filter(|c| c.recovered_after.is_none()) {
+            if sample.worker_state == "running" && sample.worker_pid.is_some_and(|p| p != c.pid) {
+                c.recovered_after = Some(t - c.t);
+            }
+        }
+        if args.chaos
+            && !load_done
+            && sample.worker_state == "running"
+            && let Some(pid) = sample.worker_pid
+            && chaos_rng.random::<f64>() < args.crash_probability
+        {
+            let (signal, name) = if chaos_rng.random::<bool>() {
+                (nix::sys::signal::Signal::SIGKILL, "SIGKILL")
+            } else {
+                (nix::sys::signal::Signal::SIGSTOP, "SIGSTOP")
+            };
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok() {
+                tracing::info!(t, pid, signal = name, "chaos: signalled the update-worker");
+                crashes.push(Crash {
+                    t,
+                    signal: name,
+                    pid,
+                    recovered_after: None,
+                });
+            }
+        }
+        progress(&sample);
+        samples.push(sample);
+    }
+    let _ = load.await;
+    // Let in-flight requests and delayed labels finish.
+    let drain = Instant::now() + Duration::from_secs(10) + args.label_delay;
+    while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(args.label_delay + Duration::from_millis(200)).await;
+    let synced = match &target.token {
+        Some(token) => http
+            .post(format!("{}/v1/admin/sync", target.base))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200),
+        None => false,
+    };
+    let final_status = get_json(&http, &status_url).await.unwrap_or(Value::Null);
+    let s = scores.lock();
+    let frac = |a: u64| {
+        if s.total_hits.2 == 0 {
+            0.0
+        } else {
+            a as f64 / s.total_hits.2 as f64
+        }
+    };
+    Ok(Outcome {
+        duration_secs: start.elapsed().as_secs_f64(),
+        sent: counters.sent.load(Ordering::Relaxed),
+        ok: counters.ok.load(Ordering::Relaxed),
+        failed: counters.failed.load(Ordering::Relaxed),
+        feedback_ok: counters.feedback_ok.load(Ordering::Relaxed),
+        feedback_failed: counters.feedback_failed.load(Ordering::Relaxed),
+        p50_ms: ms(&s.total, 0.5).unwrap_or(0.0),
+        p99_ms: ms(&s.total, 0.99).unwrap_or(0.0),
+        p999_ms: ms(&s.total, 0.999).unwrap_or(0.0),
+        max_ms: if s.total.is_empty() {
+            0.0
+        } else {
+            s.total.max() as f64 / 1e3
+        },
+        accuracy: frac(s.total_hits.0),
+        frozen_accuracy: frac(s.total_hits.1),
+        samples,
+        crashes,
+        final_status,
+        synced,
+    })
+}
