@@ -37,7 +37,13 @@ fn main() -> ExitCode {
         Command::Simulate(a) => match adaptserve::simulate::simulate(a) {
             // A failed check is the simulation's verdict, already printed: exit 1.
             Ok(false) => return ExitCode::FAILURE,
-            other => other.map(|_| ()),
+            Ok(true) => Ok(()),
+            // The run itself could not happen (no server, no output dir): 2, so a
+            // workflow can tell a broken setup from a failed check.
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
         },
     };
     match result {

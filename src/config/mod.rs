@@ -264,6 +264,9 @@ pub struct EngineConfig {
     pub drift_threshold: f64,
     /// Labelled samples after a drift alarm during which pseudo-labels stay paused.
     pub drift_pause_labels: u64,
+    /// Allows `POST /v1/admin/fault/knn` to make a share of k-NN searches fail, for
+    /// chaos testing. Off in production: the route then answers 409.
+    pub fault_injection: bool,
 }
 
 impl Default for EngineConfig {
@@ -287,6 +290,7 @@ impl Default for EngineConfig {
             drift_delta: 0.005,
             drift_threshold: 30.0,
             drift_pause_labels: 200,
+            fault_injection: false,
         }
     }
 }

@@ -13,6 +13,7 @@
 mod batcher;
 mod breaker;
 mod error;
+mod fault;
 mod feedback;
 mod gate;
 mod infer;
@@ -33,6 +34,7 @@ use crate::model::Mlp;
 pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThread};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::EngineError;
+pub use fault::KnnFault;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
@@ -98,6 +100,7 @@ pub struct Engine {
     sink: Arc<dyn UpdateSink>,
     next_request_id: AtomicU64,
     stats: EngineStats,
+    knn_fault: KnnFault,
 }
 
 impl Engine {
@@ -137,6 +140,7 @@ impl Engine {
             max_client_batch,
             next_request_id: AtomicU64::new(1),
             stats: EngineStats::default(),
+            knn_fault: KnnFault::default(),
             config,
         })
     }
@@ -166,6 +170,22 @@ impl Engine {
     /// The request-path counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// The k-NN fault switch (chaos testing); see [`Engine::set_knn_fault_rate`].
+    pub fn knn_fault(&self) -> &KnnFault {
+        &self.knn_fault
+    }
+
+    /// Makes `rate` of the k-NN searches fail on purpose. Refused (`false`) unless
+    /// the server was started with `engine.fault_injection = true`.
+    pub fn set_knn_fault_rate(&self, rate: f64) -> bool {
+        if !self.config.fault_injection {
+            return false;
+        }
+        self.knn_fault.set_rate(rate);
+        tracing::warn!(rate, "k-NN fault injection set");
+        true
     }
 
     /// Whether the model can serve: its thread is running.

@@ -133,6 +133,44 @@ pub(super) async fn restart_worker(
     }))
 }
 
+/// `{"failure_rate": r}`, `r` in `[0, 1]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KnnFaultRequest {
+    failure_rate: f64,
+}
+
+/// `{"failure_rate": r, "injected": n}`.
+#[derive(Debug, Serialize)]
+pub(super) struct KnnFaultReply {
+    failure_rate: f64,
+    injected: u64,
+}
+
+/// `POST /v1/admin/fault/knn`: makes a share of k-NN searches fail (chaos testing).
+/// 409 unless the server runs with `engine.fault_injection = true`.
+pub(super) async fn knn_fault(
+    State(state): State<Arc<AppState>>,
+    AppJson(request): AppJson<KnnFaultRequest>,
+) -> Result<AppJson<KnnFaultReply>, ApiError> {
+    let rate = request.failure_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(ApiError::Validation(format!(
+            "failure_rate must be a number in [0, 1], got {rate}"
+        )));
+    }
+    if !state.engine.set_knn_fault_rate(rate) {
+        return Err(ApiError::Conflict(
+            "fault injection is off: start the server with engine.fault_injection = true".into(),
+        ));
+    }
+    let fault = state.engine.knn_fault();
+    Ok(AppJson(KnnFaultReply {
+        failure_rate: fault.rate(),
+        injected: fault.injected(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

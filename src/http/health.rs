@@ -253,6 +253,7 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
             "fallback": load(&e.fallback),
         },
         "knn_failures": load(&e.knn_failures),
+        "knn_faults_injected": engine.knn_fault().injected(),
         "pseudo_labels": load(&e.pseudo_labels),
         "labels": {
             "received": load(&e.labels),

@@ -119,6 +119,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/checkpoint", post(admin::checkpoint))
         .route("/v1/admin/rollback", post(admin::rollback))
         .route("/v1/admin/worker/restart", post(admin::restart_worker))
+        .route("/v1/admin/fault/knn", post(admin::knn_fault))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

@@ -151,7 +151,8 @@ pub enum KnnError {
     /// The memory has been shut down and takes no more experiences.
     #[error("the memory is shut down")]
     ShutDown,
-    /// Fault injection is on ([`Memory::set_fault_injection`]).
+    /// Fault injection is on ([`Memory::set_fault_injection`], or the engine's
+    /// rate-based switch behind `engine.fault_injection`).
     #[error("injected k-NN fault")]
     InjectedFault,
     /// The HNSW graph failed (hnsw_rs panicked) or a build was cancelled.

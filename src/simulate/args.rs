@@ -31,6 +31,9 @@ pub struct SimulateArgs {
     /// Probability per second of a chaos event
     #[arg(long, default_value_t = 0.01)]
     pub crash_probability: f64,
+    /// With --chaos, the share of k-NN searches made to fail on purpose (0 = none)
+    #[arg(long, default_value_t = 0.001)]
+    pub knn_fault_rate: f64,
     /// Share of requests whose label comes back as delayed feedback
     #[arg(long, default_value_t = 0.3)]
     pub label_fraction: f64,
@@ -71,6 +74,38 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 60.0)]
     pub max_recovery_secs: f64,
     /// Check: prequential accuracy must exceed the frozen starting model's by this
-    #[arg(long, default_value_t = 0.0)]
+    /// (negative to allow a loss, e.g. on runs too short for a drift)
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub min_accuracy_gain: f64,
+}
+
+impl SimulateArgs {
+    /// Refuses flags that would make the run or its verdict meaningless.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let share = |name: &str, v: f64| {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "--{name} must be in [0, 1], got {v}"
+            );
+            Ok(())
+        };
+        anyhow::ensure!(
+            self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1e6,
+            "--rate must be a number of requests per second in (0, 1e6], got {}",
+            self.rate
+        );
+        anyhow::ensure!(
+            !self.duration.is_zero(),
+            "--duration must be longer than zero"
+        );
+        share("crash-probability", self.crash_probability)?;
+        share("knn-fault-rate", self.knn_fault_rate)?;
+        share("label-fraction", self.label_fraction)?;
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.warmup_fraction),
+            "--warmup-fraction must be in [0, 1), got {}",
+            self.warmup_fraction
+        );
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ mod args;
 mod checks;
 mod report;
 mod run;
+mod sink;
 pub mod stream;
 
 use std::io::IsTerminal;
@@ -23,6 +24,7 @@ pub use checks::Check;
 
 /// Runs a simulation; returns whether every check passed.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
+    args.validate()?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let frozen_dir =
@@ -41,9 +43,27 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
+        // With chaos, our own server's alerts also go to a webhook that always fails.
+        let sink = if args.chaos && args.url.is_none() {
+            Some(
+                sink::FailingSink::start()
+                    .await
+                    .context("cannot start the failing webhook sink")?,
+            )
+        } else {
+            None
+        };
         let mut target = match &args.url {
             Some(url) => run::Target::remote(url, args.admin_token.clone()),
-            None => run::Target::start(&args.output.join("server.log")).await?,
+            None => {
+                run::Target::start(
+                    &args.output,
+                    &frozen_dir,
+                    args.chaos,
+                    sink.as_ref().map(|s| s.url()),
+                )
+                .await?
+            }
         };
         let total = args.duration.as_secs();
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -81,7 +101,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
             bar.finish_and_clear();
         }
         target.stop().await;
-        let outcome = outcome?;
+        let mut outcome = outcome?;
+        outcome.failing_webhook_calls = sink.as_ref().map(sink::FailingSink::calls);
         let checks = checks::evaluate(&args, &outcome);
         report::write_results(&args.output, &args, &outcome, &checks)?;
         report::write_report(&args.output, &args, &outcome, &checks)?;

@@ -114,6 +114,10 @@ pub struct Outcome {
     pub crashes: Vec<Crash>,
     pub final_status: Value,
     pub synced: bool,
+    /// The k-NN fault rate in force (0 when none was injected).
+    pub knn_fault_rate: f64,
+    /// Alert deliveries the failing webhook sink answered, when there was one.
+    pub failing_webhook_calls: Option<u64>,
 }
 
 /// The server under test and how to reach it.
@@ -126,13 +130,24 @@ pub struct Target {
 
 impl Target {
     /// Starts `adaptserve serve` (this executable) on a free port with a fresh state
-    /// dir and the default model; its log goes to `log`.
-    pub async fn start(log: &Path) -> anyhow::Result<Self> {
+    /// dir and the default model; its log goes to `dir/server.log` and its alerts to
+    /// `dir/alerts.jsonl`. With `chaos`, fault injection is allowed and the alerts
+    /// also go to `webhook`, a sink that always fails.
+    pub async fn start(
+        dir: &Path,
+        model: &Path,
+        chaos: bool,
+        webhook: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let state = tempfile::tempdir().context("cannot create a state dir")?;
         let config = state.path().join("simulate.toml");
         // Small WAL segments, so that truncation happens within a short run.
-        std::fs::write(&config, "[wal]\nsegment_bytes = 262144\n")
-            .context("cannot write the server config")?;
+        let mut toml = String::from("[wal]\nsegment_bytes = 262144\n");
+        if chaos {
+            toml.push_str("[engine]\nfault_injection = true\n");
+        }
+        std::fs::write(&config, toml).context("cannot write the server config")?;
+        let log = dir.join("server.log");
         let token = format!("sim-{}", rand::rng().random::<u64>());
         let exe = std::env::current_exe().context("cannot find this executable")?;
         let mut child = tokio::process::Command::new(exe)
@@ -147,6 +162,11 @@ impl Target {
             .arg(state.path().join("state"))
             .arg("--config")
             .arg(&config)
+            .arg("--model")
+            .arg(model)
+            .arg("--alert-file")
+            .arg(dir.join("alerts.jsonl"))
+            .args(webhook.map(|w| format!("--webhook-url={w}")))
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -155,7 +175,6 @@ impl Target {
             .context("cannot start the server")?;
         let stderr = child.stderr.take().context("no server stderr")?;
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let log = log.to_path_buf();
         tokio::spawn(async move {
             let mut file = tokio::fs::File::create(&log).await.ok();
             let mut lines = tokio::io::BufReader::new(stderr).lines();
@@ -227,6 +246,34 @@ fn ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1e3)
 }
 
+/// Asks the target to fail `rate` of its k-NN searches; returns the rate in force
+/// (0 if the server refused: fault injection off, or no admin token).
+async fn set_knn_fault(http: &reqwest::Client, target: &Target, rate: f64) -> f64 {
+    let Some(token) = &target.token else {
+        tracing::warn!("no admin token: k-NN fault injection skipped");
+        return 0.0;
+    };
+    let reply = http
+        .post(format!("{}/v1/admin/fault/knn", target.base))
+        .bearer_auth(token)
+        .json(&json!({ "failure_rate": rate }))
+        .send()
+        .await;
+    match reply {
+        Ok(r) if r.status() == 200 => rate,
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            tracing::warn!(%status, body, "the server refused k-NN fault injection; skipped");
+            0.0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "k-NN fault injection skipped");
+            0.0
+        }
+    }
+}
+
 /// Drives the target for `args.duration`; `progress(t, sample)` is called each second.
 pub async fn drive(
     args: &SimulateArgs,
@@ -254,6 +301,11 @@ pub async fn drive(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let knn_fault_rate = if args.chaos && args.knn_fault_rate > 0.0 {
+        set_knn_fault(&http, target, args.knn_fault_rate).await
+    } else {
+        0.0
+    };
     let abrupt_every = if args.abrupt_every == 0 {
         ((args.rate * 30.0) as u64).max(200)
     } else {
@@ -488,5 +540,7 @@ pub async fn drive(
         crashes,
         final_status,
         synced,
+        knn_fault_rate,
+        failing_webhook_calls: None,
     })
 }

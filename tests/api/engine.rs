@@ -115,3 +115,116 @@ async fn a_full_memory_keeps_bootstrap_and_the_newest_pseudo_labels() {
         assert!(kept.contains(x), "memory lost an experience it should keep");
     }
 }
+
+#[tokio::test]
+async fn the_admin_fault_route_is_refused_unless_enabled_and_checks_its_rate() {
+    let server = crate::common::TestServer::start().await;
+    let (status, body) = server
+        .admin(
+            "/v1/admin/fault/knn",
+            serde_json::json!({"failure_rate": 0.5}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("engine.fault_injection = true"),
+        "{body}"
+    );
+    assert_eq!(server.status().await["knn_faults_injected"], 0);
+    server.stop().await.unwrap();
+
+    let server = crate::common::TestServer::start_with(|c| c.engine.fault_injection = true).await;
+    for bad in [
+        serde_json::json!({"failure_rate": 1.5}),
+        serde_json::json!({"failure_rate": -0.1}),
+    ] {
+        let (status, body) = server.admin("/v1/admin/fault/knn", bad).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("[0, 1]"), "{body}");
+    }
+    let (status, body) = server
+        .admin("/v1/admin/fault/knn", serde_json::json!({"rate": 0.5}))
+        .await;
+    assert!(
+        status == 400 || status == 422,
+        "unknown field: {status} {body}"
+    );
+    // Without a token the route is closed like every admin route.
+    let r = crate::common::client()
+        .post(server.url("/v1/admin/fault/knn"))
+        .json(&serde_json::json!({"failure_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn injected_knn_faults_fall_back_to_the_model_and_are_counted_apart() {
+    let server = crate::common::TestServer::start_with(|c| {
+        c.engine.fault_injection = true;
+        c.engine.cold_start_threshold = 20;
+        // Every search fails: keep the breaker closed so each one is attempted.
+        c.engine.breaker_failures = 1_000;
+    })
+    .await;
+    let client = crate::common::client();
+    for t in 0..40 {
+        let (x, y) = sample(t);
+        let r = client
+            .post(server.url("/v1/feedback"))
+            .json(&serde_json::json!({"features": x, "label": y}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    server.wait_experiences(40).await;
+    let (status, body) = server
+        .admin(
+            "/v1/admin/fault/knn",
+            serde_json::json!({"failure_rate": 1.0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failure_rate"], 1.0);
+    for t in 100..110 {
+        let (x, _) = sample(t);
+        let r = client
+            .post(server.url("/v1/infer"))
+            .json(&serde_json::json!({"inputs": [x]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let reply: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(reply["predictions"][0]["path"], "fallback", "{reply}");
+    }
+    let status = server.status().await;
+    assert_eq!(status["knn_faults_injected"], 10, "{status}");
+    assert_eq!(status["knn_failures"], 10, "{status}");
+    // Off again: the ensemble answers.
+    let (status, _) = server
+        .admin(
+            "/v1/admin/fault/knn",
+            serde_json::json!({"failure_rate": 0.0}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (x, _) = sample(200);
+    let reply: serde_json::Value = client
+        .post(server.url("/v1/infer"))
+        .json(&serde_json::json!({"inputs": [x]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["predictions"][0]["path"], "ensemble", "{reply}");
+    server.stop().await.unwrap();
+}

@@ -15,5 +15,6 @@ mod limits;
 mod metrics;
 mod monitor;
 mod process;
+mod simulate;
 mod supervisor;
 mod update;
