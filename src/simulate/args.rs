@@ -70,8 +70,10 @@ pub struct SimulateArgs {
     /// Check: the WAL's largest size in MiB (it is truncated as versions swap in)
     #[arg(long, default_value_t = 64.0)]
     pub max_wal_mib: f64,
-    /// Check: seconds an injected crash may take to recover
-    #[arg(long, default_value_t = 60.0)]
+    /// Check: seconds an injected crash may take to recover. The default allows the
+    /// supervisor's longest backoff (60 s after a crash streak), the hang detection
+    /// of a SIGSTOPped worker (5 s) and a start
+    #[arg(long, default_value_t = 90.0)]
     pub max_recovery_secs: f64,
     /// Check: prequential accuracy must exceed the frozen starting model's by this
     /// (negative to allow a loss, e.g. on runs too short for a drift)
