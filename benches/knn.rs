@@ -139,6 +139,34 @@ fn search(c: &mut Criterion) {
     group.finish();
 }
 
+/// The exact scan alone (no graph is built): quick to run when only the scan kernel
+/// changed. `cargo bench --bench knn -- exact_scan`
+fn exact_scan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("exact_scan");
+    for n in [1_000, 10_000, 50_000] {
+        let memory = Memory::new(MemoryConfig {
+            dim: DIM,
+            capacity: n,
+            hnsw_crossover: usize::MAX,
+            ..MemoryConfig::default()
+        })
+        .expect("valid config");
+        let mut data = clustered(n + QUERIES, n as u64);
+        let queries = data.split_off(n);
+        submit_all(&memory, data);
+        assert!(memory.flush(PATIENCE), "rows not stored in time");
+        let exact = memory.exact_index();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                black_box(exact.search(black_box(&queries[i]), K).expect("search"))
+            });
+        });
+    }
+    group.finish();
+}
+
 fn insert(c: &mut Criterion) {
     // Capacity well above what the bench inserts, so no eviction or rebuild interferes.
     let (memory, _) = loaded(10_000, 1_000_000);
@@ -192,5 +220,5 @@ fn tombstones(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, search, insert, tombstones);
+criterion_group!(benches, exact_scan, search, insert, tombstones);
 criterion_main!(benches);

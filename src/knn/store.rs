@@ -17,6 +17,9 @@ use super::{Experience, Neighbor};
 /// min_tick` comparison skips free and expired slots alike.
 pub(super) const FREE: u64 = 0;
 
+/// Rows per block of the interleaved copy (one AVX register of f32).
+pub(super) const BLOCK: usize = 8;
+
 /// The buffer. Written only by the indexer thread (under the memory's write lock),
 /// read by searches and graph builders.
 pub(super) struct Store {
@@ -31,6 +34,11 @@ pub(super) struct Store {
     /// `slots × dim` floats, unit-length rows. Reserved up front (virtual memory only)
     /// so it never reallocates while the write lock is held.
     embeddings: Vec<f32>,
+    /// The same rows interleaved eight at a time, `[block][d][lane]` (slot `s` is lane
+    /// `s % 8` of block `s / 8`; unused lanes are zero): the exact scan gets eight
+    /// rows' dot products from one pass of 8-wide multiplies, with no horizontal sum
+    /// per row. Twice the matrix's memory, for a scan several times faster.
+    blocked: Vec<f32>,
     /// Per slot: the experience's tick (= its id), or [`FREE`].
     ticks: Vec<u64>,
     /// Per slot: label.
@@ -69,6 +77,7 @@ impl Store {
             max_age,
             clock: 0,
             embeddings: Vec::with_capacity(capacity * dim),
+            blocked: Vec::with_capacity(capacity.div_ceil(BLOCK) * BLOCK * dim),
             ticks: Vec::with_capacity(capacity),
             labels: Vec::with_capacity(capacity),
             trusts: Vec::with_capacity(capacity),
@@ -108,6 +117,25 @@ impl Store {
     /// The matrix (all slots ever used) and the per-slot ticks, for the scan.
     pub(super) fn rows(&self) -> (&[f32], &[u64]) {
         (&self.embeddings, &self.ticks)
+    }
+
+    /// The interleaved copy of the matrix (see `blocked`) and the per-slot ticks; the
+    /// ticks of block `b` are `ticks[8b..8b + 8]` (fewer in the last block).
+    pub(super) fn blocks(&self) -> (&[f32], &[u64]) {
+        (&self.blocked, &self.ticks)
+    }
+
+    /// Copies the row in `slot` into the interleaved matrix, adding its block if new.
+    fn write_blocked(&mut self, slot: usize) {
+        let (block, lane) = (slot / BLOCK, slot % BLOCK);
+        let start = block * BLOCK * self.dim;
+        if self.blocked.len() < start + BLOCK * self.dim {
+            self.blocked.resize(start + BLOCK * self.dim, 0.0);
+        }
+        let row = &self.embeddings[slot * self.dim..(slot + 1) * self.dim];
+        for (d, &x) in row.iter().enumerate() {
+            self.blocked[start + d * BLOCK + lane] = x;
+        }
     }
 
     /// The embedding in `slot`.
@@ -218,6 +246,7 @@ impl Store {
                 slot
             }
         };
+        self.write_blocked(slot as usize);
         self.by_id.insert(id, slot);
         self.by_priority.insert((key, id));
         Some(id)
