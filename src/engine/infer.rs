@@ -181,6 +181,10 @@ impl Engine {
             Ok(found) if elapsed.as_micros() as u64 <= self.config.knn_timeout_us => found,
             outcome => {
                 match outcome {
+                    // Chaos testing asked for it: counted, not shouted.
+                    Err(e @ crate::knn::KnnError::InjectedFault) => {
+                        tracing::debug!(error = %e, "k-NN search failed; answering with the model alone")
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "k-NN search failed; answering with the model alone")
                     }

@@ -76,7 +76,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
             );
             bar
         });
-        let outcome = run::drive(&args, &target, frozen, |s| {
+        let drive = run::drive(&args, &target, frozen, |s| {
             let line = format!(
                 "v{} p99 {:.1} ms acc {} ring {} rss {} MiB worker {} restarts {}",
                 s.model_version,
@@ -95,8 +95,14 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
                 None if (s.t as u64).is_multiple_of(10) => eprintln!("[{:>5.0} s] {line}", s.t),
                 None => {}
             }
-        })
-        .await;
+        });
+        // Ctrl-C or SIGTERM: stop our server too (it would outlive us otherwise).
+        let outcome = tokio::select! {
+            outcome = drive => outcome,
+            () = crate::shutdown::signal() => {
+                Err(anyhow::anyhow!("interrupted before the end of the run: no verdict"))
+            }
+        };
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }

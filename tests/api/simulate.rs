@@ -131,3 +131,42 @@ fn bad_flags_and_an_unusable_output_are_setup_errors() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cannot create"), "{stderr}");
 }
+
+#[test]
+fn sigterm_stops_the_run_and_its_server() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["simulate", "--duration", "10m", "--rate", "20", "--output"])
+        .arg(out.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start adaptserve simulate");
+    // Wait for its server to listen.
+    let log = out.path().join("server.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .split("addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            break addr.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no server: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "interrupted: no verdict");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the simulation's server at {addr} outlived it"
+    );
+}
