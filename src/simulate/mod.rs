@@ -4,7 +4,9 @@
 //! - [`stream`]: the seeded task with abrupt and gradual drift (shared with the
 //!   default model's training and the tests).
 //! - `args`: the flags, every check's threshold among them.
-//! - `run`: the driver — a server, open-loop load, delayed labels, chaos, sampling.
+//! - `run`: the driver — open-loop load, delayed labels, chaos, sampling; `target`:
+//!   the server under test (our own child process, or `--url`); `sink`: a webhook that
+//!   always fails.
 //! - `checks`: the verdicts; `report`: `results.json` and `report.html`.
 
 mod args;
@@ -13,6 +15,7 @@ mod report;
 mod run;
 mod sink;
 pub mod stream;
+mod target;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -54,9 +57,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
             None
         };
         let mut target = match &args.url {
-            Some(url) => run::Target::remote(url, args.admin_token.clone()),
+            Some(url) => target::Target::remote(url, args.admin_token.clone()),
             None => {
-                run::Target::start(
+                target::Target::start(
                     &args.output,
                     &frozen_dir,
                     args.chaos,
