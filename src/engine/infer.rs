@@ -170,11 +170,7 @@ impl Engine {
             self.stats.fallback.fetch_add(1, Ordering::Relaxed);
             return model_only(InferPath::Fallback);
         }
-        let result = if self.knn_fault.fire() {
-            Err(crate::knn::KnnError::InjectedFault)
-        } else {
-            self.memory.search(embedding, self.config.k)
-        };
+        let result = self.memory.search(embedding, self.config.k);
         let elapsed = now.elapsed();
         crate::metrics::record_knn_search(elapsed);
         let found = match result {

@@ -13,7 +13,6 @@
 mod batcher;
 mod breaker;
 mod error;
-mod fault;
 mod feedback;
 mod gate;
 mod infer;
@@ -34,7 +33,6 @@ use crate::model::Mlp;
 pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThread};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::EngineError;
-pub use fault::KnnFault;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
@@ -100,7 +98,6 @@ pub struct Engine {
     sink: Arc<dyn UpdateSink>,
     next_request_id: AtomicU64,
     stats: EngineStats,
-    knn_fault: KnnFault,
 }
 
 impl Engine {
@@ -140,7 +137,6 @@ impl Engine {
             max_client_batch,
             next_request_id: AtomicU64::new(1),
             stats: EngineStats::default(),
-            knn_fault: KnnFault::default(),
             config,
         })
     }
@@ -173,8 +169,8 @@ impl Engine {
     }
 
     /// The k-NN fault switch (chaos testing); see [`Engine::set_knn_fault_rate`].
-    pub fn knn_fault(&self) -> &KnnFault {
-        &self.knn_fault
+    pub fn knn_fault(&self) -> &crate::knn::KnnFault {
+        self.memory.fault()
     }
 
     /// Makes `rate` of the k-NN searches fail on purpose. Refused (`false`) unless
@@ -183,7 +179,7 @@ impl Engine {
         if !self.config.fault_injection {
             return false;
         }
-        self.knn_fault.set_rate(rate);
+        self.memory.set_fault_rate(rate);
         tracing::warn!(rate, "k-NN fault injection set");
         true
     }

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::exact::{self, ExactIndex, squared_norm};
 use super::hnsw::{self, Graph, HnswIndex};
 use super::store::Store;
-use super::{Backend, Experience, KnnError, MemoryConfig, SearchResult, indexer};
+use super::{Backend, Experience, KnnError, KnnFault, MemoryConfig, SearchResult, indexer};
 
 /// A point-in-time view of the memory's counters (each read atomically on its own).
 #[derive(Debug, Clone, PartialEq)]
@@ -83,8 +83,8 @@ pub(super) struct Shared {
     /// The serving graph, if one has been built.
     pub(super) graph: ArcSwapOption<Graph>,
     pub(super) counters: Counters,
-    /// Searches fail with `InjectedFault` while set.
-    pub(super) fail_searches: AtomicBool,
+    /// Fails a share of searches with `InjectedFault` (chaos testing; off by default).
+    pub(super) fault: KnnFault,
     /// Set by a search that caught an hnsw_rs panic; the indexer retires the graph
     /// (a search must not pay for dropping it).
     pub(super) graph_suspect: AtomicBool,
@@ -165,7 +165,7 @@ impl Memory {
             cfg,
             graph: ArcSwapOption::empty(),
             counters: Counters::default(),
-            fail_searches: AtomicBool::new(false),
+            fault: KnnFault::default(),
             graph_suspect: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             progress: Mutex::new(()),
@@ -231,7 +231,7 @@ impl Memory {
     /// panics, this query falls back to the exact scan and the graph is retired.
     pub fn search(&self, query: &[f32], k: usize) -> Result<SearchResult, KnnError> {
         let shared = &*self.shared;
-        if shared.fail_searches.load(Ordering::Relaxed) {
+        if shared.fault.fire() {
             return Err(KnnError::InjectedFault);
         }
         if shared.counters.len() >= shared.cfg.hnsw_crossover
@@ -312,11 +312,15 @@ impl Memory {
         })
     }
 
-    /// Test and chaos hook: while on, every search returns [`KnnError::InjectedFault`].
-    pub fn set_fault_injection(&self, fail_searches: bool) {
-        self.shared
-            .fail_searches
-            .store(fail_searches, Ordering::Relaxed);
+    /// Test and chaos hook: makes `rate` (in `[0, 1]`) of the searches return
+    /// [`KnnError::InjectedFault`]; 1.0 fails them all, 0.0 none.
+    pub fn set_fault_rate(&self, rate: f64) {
+        self.shared.fault.set_rate(rate);
+    }
+
+    /// The fault switch: its rate and the searches it has failed.
+    pub fn fault(&self) -> &KnnFault {
+        &self.shared.fault
     }
 
     /// The exact scan over this memory, as a [`KnnIndex`](super::KnnIndex): the oracle

@@ -36,6 +36,7 @@
 
 mod config;
 mod exact;
+mod fault;
 mod hnsw;
 mod indexer;
 mod memory;
@@ -48,6 +49,7 @@ use std::fmt;
 
 pub use config::MemoryConfig;
 pub use exact::ExactIndex;
+pub use fault::KnnFault;
 pub use hnsw::HnswIndex;
 pub use memory::{Memory, MemoryStats};
 
@@ -151,8 +153,7 @@ pub enum KnnError {
     /// The memory has been shut down and takes no more experiences.
     #[error("the memory is shut down")]
     ShutDown,
-    /// Fault injection is on ([`Memory::set_fault_injection`], or the engine's
-    /// rate-based switch behind `engine.fault_injection`).
+    /// A failure injected on purpose ([`Memory::set_fault_rate`]).
     #[error("injected k-NN fault")]
     InjectedFault,
     /// The HNSW graph failed (hnsw_rs panicked) or a build was cancelled.

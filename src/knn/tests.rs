@@ -248,12 +248,12 @@ fn fault_injection_fails_searches_until_cleared() {
     });
     m.submit(exp(vec![1.0, 0.0], 0, 1.0)).expect("queued");
     assert!(m.flush(PATIENCE));
-    m.set_fault_injection(true);
+    m.set_fault_rate(1.0);
     assert!(matches!(
         m.search(&[1.0, 0.0], 1),
         Err(KnnError::InjectedFault)
     ));
-    m.set_fault_injection(false);
+    m.set_fault_rate(0.0);
     assert_eq!(
         m.search(&[1.0, 0.0], 1).expect("restored").neighbors.len(),
         1

@@ -28,7 +28,7 @@ async fn knn_failures_fall_back_open_the_breaker_and_recover() {
     let reply = engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
     assert_eq!(reply.predictions[0].path, InferPath::Ensemble);
 
-    engine.memory().set_fault_injection(true);
+    engine.memory().set_fault_rate(1.0);
     for i in 0..5 {
         let reply = engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
         let p = &reply.predictions[0];
@@ -41,7 +41,7 @@ async fn knn_failures_fall_back_open_the_breaker_and_recover() {
     assert_eq!(engine.stats().knn_failures.load(Ordering::Relaxed), 3);
     assert_eq!(engine.status().breaker, BreakerState::Open);
 
-    engine.memory().set_fault_injection(false);
+    engine.memory().set_fault_rate(0.0);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let reply = engine.infer_and_adapt(vec![x]).await.unwrap();
     assert_eq!(

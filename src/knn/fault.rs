@@ -2,10 +2,12 @@
 //! soak exercises the fallback to the model and the circuit breaker the way a sick
 //! index would, without a special build.
 //!
-//! It is off unless the operator starts the server with `engine.fault_injection =
-//! true`; only then does `POST /v1/admin/fault/knn` (behind the admin token) set a
-//! rate. The draw is a counter through a mixing function: no lock, no RNG state
-//! shared between request threads, and one relaxed load when the rate is zero.
+//! It lives in the memory, so every search path sees it: tests switch it fully on
+//! with [`super::Memory::set_fault_rate`], and a server sets a rate only if started
+//! with `engine.fault_injection = true`, through `POST /v1/admin/fault/knn` (behind
+//! the admin token). The draw is a counter through a mixing function: no lock, no
+//! RNG state shared between request threads, and one relaxed load when the rate is
+//! zero.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
