@@ -215,15 +215,7 @@ async fn out_of_range_label_is_422_and_keeps_the_prediction() {
     // an asynchronous insert from the infer cannot race the footprint comparison.
     let s = TestServer::start_with(|c| c.engine.pseudo_labels = false).await;
     let (x, y) = sample(5);
-    let body: Value = client()
-        .post(s.url("/v1/infer"))
-        .json(&json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = s.infer(json!([x])).await;
     let id = body["predictions"][0]["request_id"].as_u64().unwrap();
     let bad = json!({"request_id": id, "label": 4}).to_string();
     refused(

@@ -194,14 +194,7 @@ async fn injected_knn_faults_fall_back_to_the_model_and_are_counted_apart() {
     assert_eq!(body["failure_rate"], 1.0);
     for t in 100..110 {
         let (x, _) = sample(t);
-        let r = client
-            .post(server.url("/v1/infer"))
-            .json(&serde_json::json!({"inputs": [x]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let reply: serde_json::Value = r.json().await.unwrap();
+        let reply = server.infer(serde_json::json!([x])).await;
         assert_eq!(reply["predictions"][0]["path"], "fallback", "{reply}");
     }
     let status = server.status().await;
@@ -216,15 +209,7 @@ async fn injected_knn_faults_fall_back_to_the_model_and_are_counted_apart() {
         .await;
     assert_eq!(status, 200);
     let (x, _) = sample(200);
-    let reply: serde_json::Value = client
-        .post(server.url("/v1/infer"))
-        .json(&serde_json::json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply = server.infer(serde_json::json!([x])).await;
     assert_eq!(reply["predictions"][0]["path"], "ensemble", "{reply}");
     server.stop().await.unwrap();
 }

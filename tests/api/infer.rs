@@ -9,14 +9,7 @@ async fn infer_answers_each_row_with_a_distribution() {
     let server = TestServer::start().await;
     let (a, _) = sample(1);
     let (b, _) = sample(2);
-    let r = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({"inputs": [a, b]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let body = server.infer(json!([a, b])).await;
     assert_eq!(body["model_version"], 1, "{body}");
     let predictions = body["predictions"].as_array().unwrap();
     assert_eq!(predictions.len(), 2);
@@ -50,15 +43,7 @@ async fn default_model_is_accurate_on_its_task() {
     let server = TestServer::start().await;
     let rows: Vec<(Vec<f32>, u32)> = (0..200).map(sample).collect();
     let inputs: Vec<&Vec<f32>> = rows.iter().map(|(f, _)| f).collect();
-    let body: Value = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({ "inputs": inputs }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.infer(json!(inputs)).await;
     let correct = body["predictions"]
         .as_array()
         .unwrap()
@@ -74,15 +59,7 @@ async fn default_model_is_accurate_on_its_task() {
 async fn delayed_feedback_joins_once() {
     let server = TestServer::start().await;
     let (x, y) = sample(7);
-    let body: Value = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.infer(json!([x])).await;
     let id = body["predictions"][0]["request_id"].as_u64().unwrap();
     let sent_before = server.status().await["updates"]["sent"].as_u64().unwrap();
     let r = client()
@@ -144,15 +121,7 @@ async fn memory_leaves_cold_start_and_votes() {
     server.wait_experiences(25).await;
     assert_eq!(server.status().await["mode"], "normal");
     let (x, _) = sample(1000);
-    let body: Value = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.infer(json!([x])).await;
     let p = &body["predictions"][0];
     assert_eq!(p["path"], "ensemble", "{body}");
     assert_eq!(p["neighbors_used"], 10);
@@ -172,15 +141,7 @@ async fn memory_leaves_cold_start_and_votes() {
 async fn confident_answers_become_pseudo_labels() {
     let server = TestServer::start_with(|c| c.engine.confidence_threshold = 0.0).await;
     let (x, _) = sample(11);
-    let body: Value = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = server.infer(json!([x])).await;
     assert_eq!(body["predictions"][0]["update_enqueued"], true);
     server.wait_experiences(1).await;
     let status = server.status().await;

@@ -49,16 +49,9 @@ async fn thresholds_raise_alerts_that_resolve_when_the_condition_passes() {
         c.alerts.cooldown_secs = 0;
     })
     .await;
-    let http = client();
     for t in 0..20 {
         let (x, _) = sample(t);
-        let r = http
-            .post(server.url("/v1/infer"))
-            .json(&json!({"inputs": [x]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        server.infer(json!([x])).await;
     }
     let h = until(&server, "latency and memory alerts", |h| {
         firing(h, "latency_p99_high") && firing(h, "memory_high")

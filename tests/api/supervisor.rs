@@ -223,13 +223,7 @@ async fn a_crash_loop_suspends_supervision_until_an_operator_resumes_it() {
     );
     // Serving goes on, degraded.
     let (x, _) = sample(1);
-    let r = client()
-        .post(server.url("/v1/infer"))
-        .json(&json!({"inputs": [x]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    server.infer(json!([x])).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         server.status().await["worker"]["restarts"],

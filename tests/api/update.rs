@@ -89,15 +89,7 @@ async fn a_fresh_model_learns_from_a_stream_of_labels() {
     let mut last_seq = 0;
     for t in 0..4_000u64 {
         let (features, label) = sample(t);
-        let reply: Value = http
-            .post(server.url("/v1/infer"))
-            .json(&json!({"inputs": [features]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let reply = server.infer(json!([features])).await;
         let p = &reply["predictions"][0];
         hits.push(p["label"].as_u64() == Some(u64::from(label)));
         let r: Value = http
@@ -265,16 +257,9 @@ async fn a_version_that_moves_too_far_is_rejected() {
     })
     .await;
     let v0 = server.wait_worker().await["model_version"].clone();
-    let http = client();
     for t in 0..400 {
         let (features, _) = sample(t);
-        let r = http
-            .post(server.url("/v1/infer"))
-            .json(&json!({"inputs": [features]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        server.infer(json!([features])).await;
     }
     // The barrier still completes: the rejected updates are settled, not lost.
     let synced = server.sync().await;

@@ -36,6 +36,8 @@ pub struct TestServer {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// The state dir, when the server owns it (deleted with the server).
     _state: Option<tempfile::TempDir>,
+    /// One client per server, so the helpers below reuse their connections.
+    http: reqwest::Client,
 }
 
 impl TestServer {
@@ -71,6 +73,7 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
             _state: None,
+            http: client(),
         };
         server.wait_ready().await;
         server
@@ -118,6 +121,22 @@ impl TestServer {
             "memory never reached {n} experiences: {}",
             self.status().await
         );
+    }
+
+    /// `POST /v1/infer {"inputs": inputs}`; panics unless it answers 200, and returns
+    /// the reply.
+    pub async fn infer(&self, inputs: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .http
+            .post(self.url("/v1/infer"))
+            .json(&serde_json::json!({ "inputs": inputs }))
+            .send()
+            .await
+            .expect("infer request");
+        let status = r.status();
+        let body = r.json().await.unwrap_or(serde_json::Value::Null);
+        assert_eq!(status, 200, "infer failed: {body}");
+        body
     }
 
     /// `POST` an admin route with the test token; returns status and JSON body.
