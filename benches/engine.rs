@@ -21,6 +21,8 @@ fn engine_with_memory(rt: &tokio::runtime::Runtime, size: usize) -> Arc<Engine> 
     config.server.model =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default");
     config.memory.capacity = size;
+    // The whole memory is searched: no recency window (the default keeps 2000).
+    config.memory.max_age = 0;
     config.engine.pseudo_labels = std::env::var_os("BENCH_NO_PSEUDO").is_none();
     let engine = rt.block_on(build_engine(&config)).expect("engine");
     let stream = SyntheticStream::new(Default::default());

@@ -62,6 +62,8 @@ async fn load_model_dir(dir: PathBuf) -> anyhow::Result<Mlp> {
 /// for benches and tests of the request path without a state dir or worker.
 pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let model = load_model_dir(config.server.model.clone()).await?;
+    let key = config.memory.key.resolve(&model);
+    let model = model.with_key(key);
     let memory = Memory::new(memory_config(config, model.embed_dim()))
         .context("cannot start the k-NN memory")?;
     let engine = Engine::new(
@@ -126,6 +128,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             .await
             .context("model loading task failed")?
             .with_context(|| format!("cannot load the serving checkpoint v{}", record.version))?
+            .with_key(config.memory.key.resolve(&given))
     };
     tracing::info!(
         version = record.version,

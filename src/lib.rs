@@ -7,6 +7,8 @@
 //! - [`alerts`] — severities, cooldown, log/file/webhook channels, retries, breakers.
 //! - [`app`] — assembles the server and runs it until shutdown.
 //! - [`config`] — the CLI, the TOML file, the typed config sections.
+//! - [`eval`] — `adaptserve eval`: prequential accuracy of a CSV stream replayed
+//!   test-then-train through the HTTP API.
 //! - [`engine`] — the request path: micro-batched model thread, cold start, temporal
 //!   vote with adaptive λ, confidence gate, k-NN breaker, delayed-label joins.
 //! - [`http`] — axum routes, limits, and the one error shape.
@@ -14,6 +16,7 @@
 //! - [`knn`] — the experience memory: exact scan and HNSW behind one trait.
 //! - [`metrics`] — Prometheus names, buckets, the recorder, scrape-time refresh.
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
+//! - [`plot`] — line charts as inline SVG for the HTML reports.
 //! - [`monitor`] — health metrics every interval, thresholds, alerts; the p99 histogram.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
@@ -27,6 +30,7 @@ pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod http;
 #[allow(unsafe_code)]
 pub mod ipc;
@@ -34,6 +38,7 @@ pub mod knn;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod plot;
 pub mod shutdown;
 pub mod simulate;
 pub mod supervisor;

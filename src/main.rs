@@ -9,7 +9,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_) | Command::Simulate(_)) {
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Simulate(_) | Command::Eval(_)
+    ) {
         app::ensure_single_threaded_kernels();
     }
     telemetry::init();
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Eval(a) => adaptserve::eval::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,10 @@ pub enum Command {
     /// Drive a server with an open-loop drifting stream, delayed labels and chaos;
     /// check it stays up and keeps learning; write results.json and report.html.
     Simulate(crate::simulate::SimulateArgs),
+    /// Replay a CSV stream test-then-train through the HTTP API and score the
+    /// predictions (prequential accuracy, κ, drift recovery); write results.json and
+    /// report.html.
+    Eval(crate::eval::EvalArgs),
 }
 
 /// Flags of `adaptserve serve`. Each is also an `ADAPTSERVE_*` environment variable.
@@ -244,8 +248,15 @@ pub struct EngineConfig {
     /// Floor on either voter's share, so that a voter that lost for a while can win
     /// back quickly after a drift (fixed-share Hedge).
     pub hedge_floor: f32,
+    /// The voters' loss Hedge learns from: `zero_one` (was its top class right?) or
+    /// `absolute` (1 − p[label]).
+    pub hedge_loss: HedgeLoss,
     /// Neighbours consulted per vote.
     pub k: usize,
+    /// How closeness turns into vote weight: `similarity` (the cosine, negatives
+    /// dropped) or `inverse_distance` (1 / Euclidean distance between the unit keys,
+    /// sharper: the nearest neighbours dominate, as in River's weighted kNN).
+    pub neighbor_weight: NeighborWeight,
     /// Age, in experiences, at which a neighbour's vote weight halves.
     pub half_life: f32,
     /// A k-NN search slower than this counts as a failure and the model answers alone.
@@ -264,6 +275,16 @@ pub struct EngineConfig {
     pub drift_threshold: f64,
     /// Labelled samples after a drift alarm during which pseudo-labels stay paused.
     pub drift_pause_labels: u64,
+    /// On a drift alarm the memory keeps only its most recent `drift_keep`
+    /// experiences (mostly the new concept's: the detector fires tens of labels after
+    /// the change), so the vote stops answering for the old concept at once instead of
+    /// waiting for new experiences to outnumber old ones. 0 keeps everything.
+    pub drift_keep: u64,
+    /// What answers while the memory is below `cold_start_threshold` if the model is
+    /// fresh from `init-model` (untrained): `knn` (default) votes with the neighbours
+    /// from the first experience, since a random model is worse than any labelled
+    /// neighbour; `model` keeps the cold-start bypass, as for a pretrained model.
+    pub fresh_model: FreshModel,
     /// Allows `POST /v1/admin/fault/knn` to make a share of k-NN searches fail, for
     /// chaos testing. Off in production: the route then answers 409.
     pub fault_injection: bool,
@@ -280,7 +301,9 @@ impl Default for EngineConfig {
             model_weight: 0.5,
             hedge_eta: 0.2,
             hedge_floor: 0.05,
-            k: 10,
+            hedge_loss: HedgeLoss::ZeroOne,
+            k: 5,
+            neighbor_weight: NeighborWeight::Similarity,
             half_life: 2000.0,
             knn_timeout_us: 5_000,
             breaker_failures: 5,
@@ -290,9 +313,56 @@ impl Default for EngineConfig {
             drift_delta: 0.005,
             drift_threshold: 30.0,
             drift_pause_labels: 200,
+            drift_keep: 50,
+            fresh_model: FreshModel::Knn,
             fault_injection: false,
         }
     }
+}
+
+/// See [`MemorySection::key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyChoice {
+    Auto,
+    Embedding,
+    Input,
+}
+
+impl KeyChoice {
+    /// The key space for a server started with `--model` = `given`.
+    pub fn resolve(self, given: &crate::model::Mlp) -> crate::model::KeySpace {
+        use crate::model::KeySpace;
+        match self {
+            Self::Auto if given.is_fresh() => KeySpace::Input,
+            Self::Auto | Self::Embedding => KeySpace::Embedding,
+            Self::Input => KeySpace::Input,
+        }
+    }
+}
+
+/// See [`EngineConfig::neighbor_weight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NeighborWeight {
+    Similarity,
+    InverseDistance,
+}
+
+/// See [`EngineConfig::hedge_loss`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HedgeLoss {
+    ZeroOne,
+    Absolute,
+}
+
+/// See [`EngineConfig::fresh_model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreshModel {
+    Knn,
+    Model,
 }
 
 /// The model thread's dynamic micro-batcher.
@@ -337,20 +407,28 @@ pub struct MemorySection {
     /// Bound of the experience buffer.
     pub capacity: usize,
     /// Experiences older than this many insertions are left out of the vote; 0 = never.
+    /// A recent window beats a large memory on drifting streams (QUALITY.md): the
+    /// default keeps the last 2000.
     pub max_age: u64,
     /// Live size from which HNSW serves instead of the exact scan; 0 keeps the default.
     pub hnsw_crossover: usize,
     /// Bound of the insert queue between the request path and the indexer.
     pub insert_queue: usize,
+    /// What the memory compares: the model's `embedding`, the standardised `input`
+    /// (see [`crate::model::KeySpace`]), or `auto` (default): `input` when `--model`
+    /// is fresh from `init-model`, whose hidden layer means nothing yet and moves
+    /// with every update, and `embedding` for a pretrained model.
+    pub key: KeyChoice,
 }
 
 impl Default for MemorySection {
     fn default() -> Self {
         Self {
             capacity: 50_000,
-            max_age: 0,
+            max_age: 2_000,
             hnsw_crossover: 0,
             insert_queue: 8_192,
+            key: KeyChoice::Auto,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::vote::loss;
+use super::vote::{loss, zero_one_loss};
 use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
+use crate::config::HedgeLoss;
 use crate::knn::Experience;
 
 /// What a label is attached to.
@@ -125,9 +126,20 @@ impl Engine {
         if let Some((_, pending)) = joined {
             let y = label as usize;
             if let Some(p_knn) = &pending.p_knn {
+                let loss = match self.config.hedge_loss {
+                    HedgeLoss::ZeroOne => zero_one_loss,
+                    HedgeLoss::Absolute => loss,
+                };
                 self.hedge.update(loss(&pending.p_model, y), loss(p_knn, y));
             }
-            self.gate.observe_label(pending.predicted != label);
+            let drift = self.gate.observe_label(pending.predicted != label);
+            if drift && self.config.drift_keep > 0 {
+                self.memory.forget_older_than(self.config.drift_keep);
+                tracing::info!(
+                    kept = self.config.drift_keep,
+                    "drift detected: the memory forgets all but its most recent experiences"
+                );
+            }
             self.stats.labels_scored.fetch_add(1, Ordering::Relaxed);
             if pending.predicted == label {
                 self.stats.labels_correct.fetch_add(1, Ordering::Relaxed);

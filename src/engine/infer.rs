@@ -198,7 +198,12 @@ impl Engine {
         self.breaker.success();
         self.stats.ensemble.fetch_add(1, Ordering::Relaxed);
         let mut p_knn = vec![0.0; p_model.len()];
-        let total = knn_distribution(&found.neighbors, self.config.half_life, &mut p_knn);
+        let total = knn_distribution(
+            &found.neighbors,
+            self.config.half_life,
+            self.config.neighbor_weight,
+            &mut p_knn,
+        );
         if total <= 0.0 {
             let mut d = model_only(InferPath::Ensemble);
             d.neighbors_used = found.neighbors.len();

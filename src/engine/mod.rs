@@ -98,7 +98,14 @@ pub struct Engine {
     sink: Arc<dyn UpdateSink>,
     next_request_id: AtomicU64,
     stats: EngineStats,
+    /// The model was untrained at start and `fresh_model = "knn"`: no cold-start bypass.
+    skip_cold_start: bool,
+    /// The model whose standardiser computed the memory's input keys.
+    keyed_with: parking_lot::Mutex<Arc<Mlp>>,
 }
+
+/// A standardiser move (in standard deviations of a feature) that re-keys the memory.
+const REKEY_SHIFT: f32 = 0.05;
 
 impl Engine {
     /// Starts the model thread and assembles the engine.
@@ -110,7 +117,10 @@ impl Engine {
         batcher: BatcherConfig,
         max_client_batch: usize,
     ) -> std::io::Result<Self> {
+        let skip_cold_start =
+            model.is_fresh() && config.fresh_model == crate::config::FreshModel::Knn;
         let model = Arc::new(ArcSwap::from_pointee(model));
+        let keyed_with = parking_lot::Mutex::new(model.load_full());
         let thread = ModelThread::spawn(model.clone(), batcher)?;
         Ok(Self {
             hedge: Hedge::new(config.model_weight, config.hedge_eta, config.hedge_floor),
@@ -137,6 +147,8 @@ impl Engine {
             max_client_batch,
             next_request_id: AtomicU64::new(1),
             stats: EngineStats::default(),
+            skip_cold_start,
+            keyed_with,
             config,
         })
     }
@@ -149,7 +161,22 @@ impl Engine {
     /// Puts `model` into service (same shape: the checkpoint store checks it).
     /// Batches that already loaded the old version finish on it.
     pub fn swap_model(&self, model: Mlp) {
-        self.model.store(Arc::new(model));
+        // A checkpoint knows nothing of the server's key space: keep the memory's.
+        let key = self.model.load().key_space();
+        let model = Arc::new(model.with_key(key));
+        self.model.store(model.clone());
+        if key == crate::model::KeySpace::Input {
+            // Input keys are standardised inputs: once the standardiser has moved,
+            // stored keys and new queries no longer share a space. Early on (the
+            // first standardiser, estimates from a few hundred rows) that is a large
+            // move; later the running estimate barely moves and this stays quiet.
+            let mut keyed = self.keyed_with.lock();
+            if model.norm_shift(&keyed) > REKEY_SHIFT {
+                let n = self.memory.rekey(&|f| model.input_key(f));
+                tracing::debug!(rekeyed = n, version = model.version(), "memory re-keyed");
+                *keyed = model;
+            }
+        }
     }
 
     /// Up to `n` recent inputs (concatenated) with their client labels where known:
@@ -201,7 +228,7 @@ impl Engine {
 
     /// True while the memory is too small to vote.
     pub fn in_cold_start(&self) -> bool {
-        self.memory.len() < self.config.cold_start_threshold
+        !self.skip_cold_start && self.memory.len() < self.config.cold_start_threshold
     }
 
     /// Predictions dropped from the pending map before a label came.

@@ -15,12 +15,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::config::NeighborWeight;
 use crate::knn::Neighbor;
+
+/// Keeps an exact duplicate's inverse-distance weight finite (it still dominates).
+const INVERSE_DISTANCE_EPS: f32 = 1e-3;
 
 /// Accumulates the k-NN class distribution of `neighbors` into `out` (length
 /// `num_classes`, overwritten) and returns the total vote weight. A zero total means
 /// the neighbours carry no usable vote and `out` is all zeros.
-pub fn knn_distribution(neighbors: &[Neighbor], half_life: f32, out: &mut [f32]) -> f32 {
+pub fn knn_distribution(
+    neighbors: &[Neighbor],
+    half_life: f32,
+    weighting: NeighborWeight,
+    out: &mut [f32],
+) -> f32 {
     out.fill(0.0);
     let mut total = 0.0f32;
     for n in neighbors {
@@ -30,7 +39,14 @@ pub fn knn_distribution(neighbors: &[Neighbor], half_life: f32, out: &mut [f32])
             continue;
         };
         let decay = 0.5f32.powf(n.age as f32 / half_life);
-        let w = n.similarity.max(0.0) * decay * n.trust;
+        let closeness = match weighting {
+            NeighborWeight::Similarity => n.similarity.max(0.0),
+            // Unit vectors: |a − b| = sqrt(2 − 2·cos).
+            NeighborWeight::InverseDistance => {
+                1.0 / ((2.0 - 2.0 * n.similarity).max(0.0).sqrt() + INVERSE_DISTANCE_EPS)
+            }
+        };
+        let w = closeness * decay * n.trust;
         if w > 0.0 && w.is_finite() {
             *slot += w;
             total += w;
@@ -98,6 +114,14 @@ pub fn loss(p: &[f32], label: usize) -> f32 {
     (1.0 - p.get(label).copied().unwrap_or(0.0)).clamp(0.0, 1.0)
 }
 
+/// 0 if the distribution's top class is `label`, else 1: the loss of the voter's
+/// decision. Unlike [`loss`] it does not favour a voter for being sharp: a k-NN vote
+/// is often all on one class, a model's softmax rarely, and the absolute loss would
+/// hand the vote to the k-NN even where the model decides right more often.
+pub fn zero_one_loss(p: &[f32], label: usize) -> f32 {
+    if argmax(p).0 == label { 0.0 } else { 1.0 }
+}
+
 /// Index and value of the largest probability.
 pub fn argmax(p: &[f32]) -> (usize, f32) {
     p.iter()
@@ -123,6 +147,16 @@ mod tests {
     }
 
     #[test]
+    fn the_zero_one_loss_judges_the_decision_not_its_sharpness() {
+        // A soft right answer loses nothing; a sharp wrong one loses 1.
+        assert_eq!(zero_one_loss(&[0.4, 0.6], 1), 0.0);
+        assert_eq!(zero_one_loss(&[1.0, 0.0], 1), 1.0);
+        // The absolute loss would have preferred the sharp voter on a right answer.
+        assert!(loss(&[0.4, 0.6], 1) > loss(&[0.0, 1.0], 1));
+        assert_eq!(zero_one_loss(&[0.0, 1.0], 1), zero_one_loss(&[0.4, 0.6], 1));
+    }
+
+    #[test]
     fn weights_follow_similarity_age_and_trust() {
         let mut out = [0.0; 3];
         // Label 0: sim 1, fresh, labelled -> 1.0. Label 1: sim 1 but one half-life old
@@ -130,6 +164,7 @@ mod tests {
         let total = knn_distribution(
             &[n(0, 1.0, 0, 1.0), n(1, 1.0, 100, 0.5), n(2, -0.3, 0, 1.0)],
             100.0,
+            NeighborWeight::Similarity,
             &mut out,
         );
         assert!((total - 1.25).abs() < 1e-6);
@@ -139,18 +174,57 @@ mod tests {
     }
 
     #[test]
+    fn inverse_distance_lets_the_nearest_neighbour_dominate() {
+        let mut out = [0.0; 2];
+        // cos 0.98 is distance 0.2 (weight ~5), cos 0.5 is distance 1 (weight ~1):
+        // two far neighbours of class 1 lose to one near neighbour of class 0, where
+        // the cosine weights would let them win (0.98 < 0.5 + 0.5).
+        let neighbours = [n(0, 0.98, 0, 1.0), n(1, 0.5, 0, 1.0), n(1, 0.5, 0, 1.0)];
+        knn_distribution(
+            &neighbours,
+            100.0,
+            NeighborWeight::InverseDistance,
+            &mut out,
+        );
+        assert!(out[0] > 0.7, "{out:?}");
+        knn_distribution(&neighbours, 100.0, NeighborWeight::Similarity, &mut out);
+        assert!(out[0] < 0.5, "{out:?}");
+        // An exact duplicate and an opposite key both get a finite weight.
+        let total = knn_distribution(
+            &[n(0, 1.0, 0, 1.0), n(1, -1.0, 0, 1.0)],
+            100.0,
+            NeighborWeight::InverseDistance,
+            &mut out,
+        );
+        assert!(total.is_finite() && out[0] > 0.99, "{out:?}");
+    }
+
+    #[test]
     fn zero_weight_gives_zero_total() {
         let mut out = [0.5; 2];
-        let total = knn_distribution(&[n(0, -1.0, 0, 1.0)], 10.0, &mut out);
+        let total = knn_distribution(
+            &[n(0, -1.0, 0, 1.0)],
+            10.0,
+            NeighborWeight::Similarity,
+            &mut out,
+        );
         assert_eq!(total, 0.0);
         assert_eq!(out, [0.0, 0.0]);
-        assert_eq!(knn_distribution(&[], 10.0, &mut out), 0.0);
+        assert_eq!(
+            knn_distribution(&[], 10.0, NeighborWeight::Similarity, &mut out),
+            0.0
+        );
     }
 
     #[test]
     fn out_of_range_labels_do_not_vote() {
         let mut out = [0.0; 2];
-        let total = knn_distribution(&[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)], 10.0, &mut out);
+        let total = knn_distribution(
+            &[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)],
+            10.0,
+            NeighborWeight::Similarity,
+            &mut out,
+        );
         assert!((total - 0.5).abs() < 1e-6);
         assert_eq!(out, [0.0, 1.0]);
     }

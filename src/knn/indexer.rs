@@ -74,6 +74,8 @@ struct Build {
     handle: JoinHandle<Result<Graph, KnnError>>,
     /// Whether it replaces a graph with too many tombstones (counted in `rebuilds`).
     rebuild: bool,
+    /// The memory was re-keyed while it ran: its graph indexes old keys.
+    stale: bool,
 }
 
 struct Indexer {
@@ -189,6 +191,9 @@ impl Indexer {
         };
         let c = &self.shared.counters;
         match build.handle.join() {
+            Ok(Ok(_)) if build.stale => {
+                tracing::info!("dropping a k-NN graph built on keys since recomputed");
+            }
             Ok(Ok(graph)) => {
                 tracing::info!(
                     points = graph.points(),
@@ -250,6 +255,15 @@ impl Indexer {
         if self.shared.graph_suspect.swap(false, Ordering::Relaxed) {
             self.failed("hnsw_rs panicked during a search");
         }
+        if self.shared.graph_stale.swap(false, Ordering::Relaxed) {
+            if let Some(build) = self.build.as_mut() {
+                build.stale = true;
+            }
+            if let Some(old) = self.shared.graph.swap(None) {
+                tracing::info!("the memory was re-keyed; rebuilding the k-NN graph");
+                self.graveyard.push(old);
+            }
+        }
         let (len, tombstones, points) = self.publish();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
@@ -302,7 +316,13 @@ impl Indexer {
             .name("knn-hnsw-build".into())
             .spawn(move || hnsw::build(&shared));
         match spawned {
-            Ok(handle) => self.build = Some(Build { handle, rebuild }),
+            Ok(handle) => {
+                self.build = Some(Build {
+                    handle,
+                    rebuild,
+                    stale: false,
+                })
+            }
             Err(e) => self.failed(&format!("cannot spawn the graph build thread: {e}")),
         }
     }

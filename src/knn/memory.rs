@@ -88,6 +88,9 @@ pub(super) struct Shared {
     /// Set by a search that caught an hnsw_rs panic; the indexer retires the graph
     /// (a search must not pay for dropping it).
     pub(super) graph_suspect: AtomicBool,
+    /// Set when the keys were recomputed: the graph indexes old keys, so the indexer
+    /// retires it (not a failure) and builds a new one.
+    pub(super) graph_stale: AtomicBool,
     /// Tells the build thread to give up (shutdown).
     pub(super) stop: AtomicBool,
     /// The indexer signals progress on this pair; `flush` waits on it. A std-style
@@ -167,6 +170,7 @@ impl Memory {
             counters: Counters::default(),
             fault: KnnFault::default(),
             graph_suspect: AtomicBool::new(false),
+            graph_stale: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             progress: Mutex::new(()),
             progress_cv: Condvar::new(),
@@ -246,6 +250,25 @@ impl Memory {
             }
         }
         exact::search(shared, query, k)
+    }
+
+    /// Forgets all but the `keep` most recent experiences: after a detected drift
+    /// the older ones describe a concept that no longer holds, and a vote among them
+    /// would keep answering for it. Searches skip them from now on.
+    pub fn forget_older_than(&self, keep: u64) {
+        let mut store = self.shared.store.write();
+        let floor = store.clock().saturating_sub(keep) + 1;
+        store.forget_before(floor);
+    }
+
+    /// Recomputes every live experience's key from its features with `key`, e.g.
+    /// after the standardiser behind input keys moved: old keys and new queries would
+    /// otherwise live in different spaces. The exact scan sees the new keys at once;
+    /// an HNSW graph is retired and rebuilt. Returns the experiences re-keyed.
+    pub fn rekey(&self, key: &dyn Fn(&[f32]) -> Option<Vec<f32>>) -> usize {
+        let done = self.shared.store.write().rekey(key);
+        self.shared.graph_stale.store(true, Ordering::Relaxed);
+        done
     }
 
     /// Live experiences (one atomic load).

@@ -31,6 +31,8 @@ pub(super) struct Store {
     max_age: u64,
     /// Experiences inserted so far; the newest one got this tick.
     clock: u64,
+    /// Rows below this tick are expired whatever their age (see [`Store::forget_before`]).
+    floor: u64,
     /// `slots × dim` floats, unit-length rows. Reserved up front (virtual memory only)
     /// so it never reallocates while the write lock is held.
     embeddings: Vec<f32>,
@@ -76,6 +78,7 @@ impl Store {
             capacity,
             max_age,
             clock: 0,
+            floor: 1,
             embeddings: Vec::with_capacity(capacity * dim),
             blocked: Vec::with_capacity(capacity.div_ceil(BLOCK) * BLOCK * dim),
             ticks: Vec::with_capacity(capacity),
@@ -107,11 +110,18 @@ impl Store {
     /// The oldest tick still eligible for search: `tick >= min_tick()` is live and
     /// young enough.
     pub(super) fn min_tick(&self) -> u64 {
-        if self.max_age == 0 {
+        let by_age = if self.max_age == 0 {
             1
         } else {
             self.clock.saturating_sub(self.max_age).max(1)
-        }
+        };
+        by_age.max(self.floor)
+    }
+
+    /// Expires every experience older than `tick` from now on: searches skip them at
+    /// once, and the next insert batch frees their slots.
+    pub(super) fn forget_before(&mut self, tick: u64) {
+        self.floor = self.floor.max(tick);
     }
 
     /// The matrix (all slots ever used) and the per-slot ticks, for the scan.
@@ -193,6 +203,33 @@ impl Store {
             n += 1;
         }
         n
+    }
+
+    /// Recomputes every live row's key from its stored features with `key` (a row
+    /// whose new key is unusable keeps its old one). Returns the rows re-keyed.
+    pub(super) fn rekey(&mut self, key: &dyn Fn(&[f32]) -> Option<Vec<f32>>) -> usize {
+        let slots: Vec<usize> = self.by_id.values().map(|&s| s as usize).collect();
+        let mut done = 0;
+        for s in slots {
+            let Some(new) = key(&self.features[s]) else {
+                continue;
+            };
+            let norm2 = squared_norm(&new);
+            if new.len() != self.dim || !norm2.is_finite() || norm2 <= 0.0 {
+                continue;
+            }
+            let inv_norm = 1.0 / norm2.sqrt();
+            let start = s * self.dim;
+            for (dst, src) in self.embeddings[start..start + self.dim]
+                .iter_mut()
+                .zip(&new)
+            {
+                *dst = src * inv_norm;
+            }
+            self.write_blocked(s);
+            done += 1;
+        }
+        done
     }
 
     /// Stores `exp` (its embedding already validated: right length, finite, non-zero)
@@ -394,6 +431,25 @@ mod tests {
         for (_, slot) in s.tail(0) {
             assert!((squared_norm(s.row(slot)) - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn forgetting_expires_everything_before_the_floor_whatever_max_age_says() {
+        let mut s = Store::new(1, 100, 0);
+        let mut ev = Vec::new();
+        for _ in 0..10 {
+            s.insert(exp(vec![1.0], 1.0), &mut ev);
+        }
+        assert_eq!(s.min_tick(), 1);
+        s.forget_before(8);
+        assert_eq!(s.min_tick(), 8, "searches skip ticks 1..8 at once");
+        s.forget_before(5);
+        assert_eq!(s.min_tick(), 8, "the floor never goes back");
+        s.expire(&mut ev);
+        assert_eq!(ids(&s), vec![8, 9, 10]);
+        assert_eq!(ev, (1..8).collect::<Vec<u64>>());
+        s.insert(exp(vec![1.0], 1.0), &mut ev);
+        assert_eq!(ids(&s), vec![8, 9, 10, 11], "new experiences are kept");
     }
 
     #[test]

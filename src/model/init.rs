@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::params::{LinearParams, Params};
-use super::store::{CONFIG_FILE, VERSION_KEY};
+use super::store::{CONFIG_FILE, FRESH_KEY, VERSION_KEY};
 use super::{Activation, Mlp, ModelConfig, ModelError, SaveDtype};
 
 /// Writes a freshly initialised ReLU MLP to `out_dir` (`config.json` +
@@ -37,7 +37,10 @@ pub fn init_model(
         0,
         BTreeMap::new(),
     )?;
-    let metadata = BTreeMap::from([(VERSION_KEY.to_string(), "0".to_string())]);
+    let metadata = BTreeMap::from([
+        (VERSION_KEY.to_string(), "0".to_string()),
+        (FRESH_KEY.to_string(), "true".to_string()),
+    ]);
     model.save(out_dir, SaveDtype::F16, &metadata)?;
     Ok(config)
 }
@@ -102,6 +105,7 @@ mod tests {
         let m = Mlp::load(&dir.path().join("fresh")).unwrap();
         assert_eq!(m.config(), &config);
         assert_eq!((m.version(), m.embed_dim(), m.has_norm()), (0, 8, false));
+        assert!(m.is_fresh(), "marked as never trained");
         // 5*8 + 8 + 8*3 + 3 = 75 values at 2 bytes each, plus the header.
         let len = std::fs::metadata(dir.path().join("fresh").join(WEIGHTS_FILE))
             .unwrap()

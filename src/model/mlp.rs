@@ -25,6 +25,24 @@ pub struct Mlp {
     /// `None` is the identity.
     norm: Option<Standardiser>,
     layers: Vec<Layer>,
+    /// What `Forward::embeddings` holds: the k-NN memory's keys.
+    key: KeySpace,
+}
+
+/// The space the k-NN memory compares experiences in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySpace {
+    /// The last hidden layer, L2-normalised: similarity as the model sees it. Best for
+    /// a pretrained model whose features mean something.
+    #[default]
+    Embedding,
+    /// The standardised input with a constant 1 appended, L2-normalised: similarity
+    /// in the data's own geometry (close to Euclidean for nearby points), which does
+    /// not move when the weights do. Best for a model learning from scratch, whose
+    /// hidden layer is a random projection early and shifts with every update (stored
+    /// keys would go stale).
+    Input,
 }
 
 /// A layer prepared for inference.
@@ -101,7 +119,50 @@ impl Mlp {
             version,
             norm,
             layers,
+            key: KeySpace::Embedding,
         })
+    }
+
+    /// The same model, with its memory keys taken from `key`.
+    pub fn with_key(mut self, key: KeySpace) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// What the memory keys are.
+    pub fn key_space(&self) -> KeySpace {
+        self.key
+    }
+
+    /// The unnormalised [`KeySpace::Input`] key of one row of raw features (the
+    /// memory normalises it), or `None` for a wrong length.
+    pub fn input_key(&self, features: &[f32]) -> Option<Vec<f32>> {
+        (features.len() == self.input_dim()).then(|| {
+            let mut key = standardise(self.norm.as_ref(), features);
+            key.push(1.0);
+            key
+        })
+    }
+
+    /// How far the standardiser moved from `earlier`'s, in standard deviations of
+    /// this one: the largest shift of a feature's mean plus the change of its scale.
+    /// Infinite when only one of the two standardises (input keys change wholesale).
+    pub fn norm_shift(&self, earlier: &Mlp) -> f32 {
+        match (&self.norm, &earlier.norm) {
+            (None, None) => 0.0,
+            (Some(now), Some(then)) => {
+                let (a, b) = (&now.params, &then.params);
+                let mut shift = 0.0f32;
+                for i in 0..a.mean.len().min(b.mean.len()) {
+                    let sd = (f64::from(a.var[i]) + super::params::NORM_EPS).sqrt() as f32;
+                    let sd_then = (f64::from(b.var[i]) + super::params::NORM_EPS).sqrt() as f32;
+                    let moved = ((a.mean[i] - b.mean[i]).abs() + (sd - sd_then).abs()) / sd;
+                    shift = shift.max(moved);
+                }
+                shift
+            }
+            _ => f32::INFINITY,
+        }
     }
 
     /// The parameters back in PyTorch layout (weights `[out, in]`), for saving and for
@@ -141,6 +202,13 @@ impl Mlp {
         &self.metadata
     }
 
+    /// True for the untrained weights `init-model` writes.
+    pub fn is_fresh(&self) -> bool {
+        self.metadata
+            .get(super::store::FRESH_KEY)
+            .is_some_and(|v| v == "true")
+    }
+
     /// Raw features per input row.
     pub fn input_dim(&self) -> usize {
         self.config.input_dim
@@ -151,9 +219,13 @@ impl Mlp {
         self.config.num_classes
     }
 
-    /// Width of the embeddings: the last hidden layer (`input_dim` without one).
+    /// Width of the embeddings (the memory's keys): the last hidden layer
+    /// (`input_dim` without one), or `input_dim + 1` with [`KeySpace::Input`].
     pub fn embed_dim(&self) -> usize {
-        self.config.embed_dim()
+        match self.key {
+            KeySpace::Embedding => self.config.embed_dim(),
+            KeySpace::Input => self.config.input_dim + 1,
+        }
     }
 
     /// True if the model standardises its inputs (`norm.mean`/`norm.var` present).
@@ -198,21 +270,27 @@ impl Mlp {
             });
         }
         let err = ModelError::candle("the forward pass");
-        let x = Tensor::from_vec(
-            standardise(self.norm.as_ref(), inputs),
-            (rows, self.input_dim()),
-            &Device::Cpu,
-        )
-        .map_err(&err)?;
+        let standardised = standardise(self.norm.as_ref(), inputs);
+        let mut embeddings = match self.key {
+            KeySpace::Embedding => Vec::new(),
+            KeySpace::Input => standardised
+                .chunks_exact(self.input_dim())
+                .flat_map(|row| row.iter().copied().chain([1.0]))
+                .collect(),
+        };
+        let x =
+            Tensor::from_vec(standardised, (rows, self.input_dim()), &Device::Cpu).map_err(&err)?;
         let (probs, hidden) = self.run(x).map_err(&err)?;
         let probs = probs
             .flatten_all()
             .and_then(|t| t.to_vec1())
             .map_err(&err)?;
-        let mut embeddings = hidden
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(&err)?;
+        if self.key == KeySpace::Embedding {
+            embeddings = hidden
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(&err)?;
+        }
         l2_normalise_rows(&mut embeddings, embed_dim);
         Ok(Forward {
             rows,
@@ -246,6 +324,7 @@ impl fmt::Debug for Mlp {
             .field("activation", &self.config.activation)
             .field("version", &self.version)
             .field("has_norm", &self.norm.is_some())
+            .field("key", &self.key)
             .finish_non_exhaustive()
     }
 }
@@ -398,6 +477,31 @@ pub(crate) mod tests {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
         assert!(with.has_norm() && !without.has_norm());
+    }
+
+    #[test]
+    fn input_keys_are_the_standardised_input_and_a_one_normalised() {
+        let norm = NormParams {
+            mean: vec![100.0, -5.0],
+            var: vec![4.0, 0.25],
+        };
+        let m = tiny(Activation::Relu, Some(norm)).with_key(KeySpace::Input);
+        assert_eq!((m.key_space(), m.embed_dim()), (KeySpace::Input, 3));
+        // Standardised (1, -1), then (1, -1, 1) / sqrt(3); the second row is the mean:
+        // (0, 0, 1).
+        let out = m.forward(&[102.0, -5.5, 100.0, -5.0], 2).unwrap();
+        let k = 1.0 / 3f32.sqrt();
+        for (x, y) in out.embedding_row(0).iter().zip([k, -k, k]) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+        assert_eq!(out.embedding_row(1), &[0.0, 0.0, 1.0]);
+        // The prediction does not depend on what the keys are.
+        let e = tiny(Activation::Relu, m.standardiser().map(|s| s.params.clone()));
+        assert_eq!(e.embed_dim(), 3, "the hidden layer is 3 wide too");
+        assert_eq!(
+            e.forward(&[102.0, -5.5, 100.0, -5.0], 2).unwrap().probs,
+            out.probs
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod trainer;
 pub use config::{Activation, Architecture, ModelConfig};
 pub use error::ModelError;
 pub use init::init_model;
-pub use mlp::{Forward, Mlp};
+pub use mlp::{Forward, KeySpace, Mlp};
 pub use quantize::{QuantizeReport, quantize};
 pub use store::SaveDtype;
 pub use train::{TrainReport, train_default_model};

@@ -29,6 +29,10 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The `__metadata__` key holding the weights' version (a decimal u64).
 pub const VERSION_KEY: &str = "version";
+/// Metadata marking weights that were never trained (written by `init-model`): the
+/// engine then votes with its neighbours from the first experience instead of letting
+/// a random model answer alone (`engine.fresh_model`).
+pub const FRESH_KEY: &str = "fresh";
 
 /// The float format weights are written in. Loading accepts more (BF16, F64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ mod report;
 mod run;
 mod sink;
 pub mod stream;
-mod target;
+pub(crate) mod target;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -59,10 +59,16 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         let mut target = match &args.url {
             Some(url) => target::Target::remote(url, args.admin_token.clone()),
             None => {
+                // Small WAL segments, so that truncation happens within a short run;
+                // with chaos, the k-NN fault hook is allowed.
+                let mut toml = String::from("[wal]\nsegment_bytes = 262144\n");
+                if args.chaos {
+                    toml.push_str("[engine]\nfault_injection = true\n");
+                }
                 target::Target::start(
                     &args.output,
                     &frozen_dir,
-                    args.chaos,
+                    &toml,
                     sink.as_ref().map(|s| s.url()),
                 )
                 .await?

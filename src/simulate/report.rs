@@ -9,6 +9,7 @@ use serde_json::json;
 use super::SimulateArgs;
 use super::checks::Check;
 use super::run::{Crash, Outcome, Sample};
+use crate::plot::{Line, Marker, plot};
 
 /// Writes `results.json`.
 pub fn write_results(
@@ -57,92 +58,31 @@ pub fn write_results(
 }
 
 /// One plotted line.
-struct Line<'a> {
-    label: &'a str,
-    color: RGBColor,
-    points: Vec<(f64, f64)>,
-}
-
-fn plot(
-    title: &str,
-    y_label: &str,
-    lines: &[Line<'_>],
-    crashes: &[Crash],
-    t_max: f64,
-) -> anyhow::Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let y_max = lines
-            .iter()
-            .flat_map(|l| l.points.iter().map(|p| p.1))
-            .fold(0.0f64, f64::max)
-            .max(1e-9)
-            * 1.1;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..t_max.max(1.0), 0.0..y_max)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for c in crashes {
-            let color = if c.signal == "SIGKILL" {
-                RED
-            } else {
-                RGBColor(230, 140, 0)
-            };
-            chart
-                .draw_series(LineSeries::new(
-                    [(c.t, 0.0), (c.t, y_max)],
-                    color.stroke_width(1),
-                ))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(r) = c.recovered_after {
-                chart
-                    .draw_series(LineSeries::new(
-                        [(c.t + r, 0.0), (c.t + r, y_max)],
-                        GREEN.stroke_width(1),
-                    ))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-        }
-        for line in lines {
-            let color = line.color;
-            chart
-                .draw_series(LineSeries::new(
-                    line.points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(line.label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    Ok(svg)
-}
-
 fn series(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<(f64, f64)> {
     samples
         .iter()
         .filter_map(|s| f(s).map(|v| (s.t, v)))
         .collect()
+}
+
+/// The injected faults as plot markers: red SIGKILL, orange SIGSTOP, green recovery.
+fn markers(crashes: &[Crash]) -> Vec<Marker> {
+    let mut marks = Vec::new();
+    for c in crashes {
+        let color = if c.signal == "SIGKILL" {
+            RED
+        } else {
+            RGBColor(230, 140, 0)
+        };
+        marks.push(Marker { x: c.t, color });
+        if let Some(r) = c.recovered_after {
+            marks.push(Marker {
+                x: c.t + r,
+                color: GREEN,
+            });
+        }
+    }
+    marks
 }
 
 /// A trailing mean over `w` points, so per-second accuracy is readable.
@@ -169,6 +109,7 @@ pub fn write_report(
 ) -> anyhow::Result<()> {
     let t_max = o.samples.last().map_or(1.0, |s| s.t);
     let s = &o.samples;
+    let marks = markers(&o.crashes);
     let plots = [
         plot(
             "Latency (per second, from the scheduled send time)",
@@ -190,7 +131,8 @@ pub fn write_report(
                     points: series(s, |x| x.p999_ms),
                 },
             ],
-            &o.crashes,
+            "seconds",
+            &marks,
             t_max,
         )?,
         plot(
@@ -208,7 +150,8 @@ pub fn write_report(
                     points: smooth(series(s, |x| x.frozen_accuracy), 10),
                 },
             ],
-            &o.crashes,
+            "seconds",
+            &marks,
             t_max,
         )?,
         plot(
@@ -226,7 +169,8 @@ pub fn write_report(
                     points: series(s, |x| Some(x.queue as f64)),
                 },
             ],
-            &o.crashes,
+            "seconds",
+            &marks,
             t_max,
         )?,
         plot(
@@ -244,7 +188,8 @@ pub fn write_report(
                     points: series(s, |x| Some(x.wal_bytes as f64 / 1048576.0)),
                 },
             ],
-            &o.crashes,
+            "seconds",
+            &marks,
             t_max,
         )?,
     ];

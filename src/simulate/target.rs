@@ -18,22 +18,16 @@ pub struct Target {
 
 impl Target {
     /// Starts `adaptserve serve` (this executable) on a free port with a fresh state
-    /// dir and the default model; its log goes to `dir/server.log` and its alerts to
-    /// `dir/alerts.jsonl`. With `chaos`, fault injection is allowed and the alerts
-    /// also go to `webhook`, a sink that always fails.
+    /// dir, `model` and the settings `toml`; its log goes to `dir/server.log` and its
+    /// alerts to `dir/alerts.jsonl` and, if given, to `webhook`.
     pub async fn start(
         dir: &Path,
         model: &Path,
-        chaos: bool,
+        toml: &str,
         webhook: Option<&str>,
     ) -> anyhow::Result<Self> {
         let state = tempfile::tempdir().context("cannot create a state dir")?;
-        let config = state.path().join("simulate.toml");
-        // Small WAL segments, so that truncation happens within a short run.
-        let mut toml = String::from("[wal]\nsegment_bytes = 262144\n");
-        if chaos {
-            toml.push_str("[engine]\nfault_injection = true\n");
-        }
+        let config = state.path().join("server.toml");
         std::fs::write(&config, toml).context("cannot write the server config")?;
         let log = dir.join("server.log");
         let token = format!("sim-{}", rand::rng().random::<u64>());

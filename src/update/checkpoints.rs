@@ -129,6 +129,10 @@ impl Checkpoints {
         metadata.insert(PARENT_KEY.to_string(), parent_version.to_string());
         metadata.insert(APPLIED_KEY.to_string(), applied_seq.to_string());
         metadata.insert(CREATED_KEY.to_string(), unix_ms().to_string());
+        // The seed checkpoint of a fresh model stays marked as untrained.
+        if model.is_fresh() {
+            metadata.insert(crate::model::store::FRESH_KEY.to_string(), "true".into());
+        }
         let path = self.weights_path(version);
         model.save_weights(&path, SaveDtype::F16, &metadata)?;
         Ok(path)

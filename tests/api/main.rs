@@ -10,6 +10,7 @@ mod alerts;
 mod bad_input;
 mod crash;
 mod engine;
+mod eval;
 mod infer;
 mod limits;
 mod metrics;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use adaptserve::config::{FreshModel, KeyChoice};
 use serde_json::{Value, json};
 
 use crate::common::{ADMIN_TOKEN, TestServer, client, sample};
@@ -351,4 +352,35 @@ async fn a_torn_wal_tail_is_cut_and_the_server_starts() {
     assert_eq!(synced["applied_seq"], 51);
     again.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_model_votes_with_its_neighbours_from_the_first_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh_model(dir.path());
+    for (fresh_model, key, expected) in [
+        (FreshModel::Knn, KeyChoice::Embedding, "ensemble"),
+        (FreshModel::Knn, KeyChoice::Auto, "ensemble"),
+        (FreshModel::Model, KeyChoice::Input, "cold_start"),
+    ] {
+        let server = TestServer::start_with(|c| {
+            c.server.model = model.clone();
+            c.engine.fresh_model = fresh_model;
+            c.engine.pseudo_labels = false;
+            c.memory.key = key;
+        })
+        .await;
+        feedback(&server, 3).await;
+        let (x, y) = sample(3);
+        server.wait_experiences(1).await;
+        let body = server.infer(json!([x])).await;
+        let p = &body["predictions"][0];
+        assert_eq!(p["path"], expected, "{fresh_model:?} {key:?}: {body}");
+        if expected == "ensemble" {
+            // The one neighbour is the sample itself: its label wins the vote.
+            assert_eq!(p["neighbors_used"], 1);
+            assert_eq!(p["label"], y);
+        }
+        server.stop().await.unwrap();
+    }
 }

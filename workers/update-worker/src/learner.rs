@@ -180,6 +180,23 @@ impl Learner {
         self.trainer
             .step_weighted(&self.x, &self.y, &self.w)
             .context("a training step")?;
+        for _ in 0..self.settings.replay_steps {
+            if self.replay.is_empty() {
+                break;
+            }
+            self.x.clear();
+            self.y.clear();
+            self.w.clear();
+            for _ in 0..self.settings.train_batch {
+                let (x, y) = &self.replay[self.rng.random_range(0..self.replay.len())];
+                self.x.extend_from_slice(x);
+                self.y.push(*y);
+                self.w.push(1.0);
+            }
+            self.trainer
+                .step_weighted(&self.x, &self.y, &self.w)
+                .context("a replay step")?;
+        }
         self.x.clear();
         self.y.clear();
         self.w.clear();
