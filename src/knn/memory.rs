@@ -108,7 +108,7 @@ impl Shared {
     }
 
     /// Waits until `done()` or the timeout; returns `done()`.
-    fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+    pub(super) fn wait_until(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.progress.lock();
         while !done() {

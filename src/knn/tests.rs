@@ -448,3 +448,80 @@ fn hnsw_recall_at_1k_is_at_least_095() {
 fn hnsw_recall_at_10k_is_at_least_095() {
     check_recall(10_000);
 }
+
+#[test]
+fn rekeying_moves_every_key_and_the_graph_is_rebuilt_on_the_new_ones() {
+    let dim = 3;
+    let m = memory(MemoryConfig {
+        dim,
+        capacity: 1_000,
+        hnsw_crossover: 1,
+        ..Default::default()
+    });
+    // Features (a, b); the old key is (a, b, 1), the new one the mirror (b, a, 1).
+    let points: Vec<(f32, f32)> = (0..300)
+        .map(|i| ((i as f32 / 10.0).sin(), (i as f32 / 7.0).cos() * 2.0))
+        .collect();
+    for (i, &(a, b)) in points.iter().enumerate() {
+        m.submit(Experience {
+            embedding: vec![a, b, 1.0],
+            features: vec![a, b],
+            label: i as u32 % 3,
+            trust: 1.0,
+            priority: 1.0,
+        })
+        .expect("queued");
+    }
+    assert!(m.flush_index(PATIENCE));
+    let before = m.shared.graph.load_full().expect("a graph at crossover 1");
+    assert_eq!(m.rekey(&|f| Some(vec![f[1], f[0], 1.0])), 300);
+    // The exact scan sees the new keys at once: the mirrored query finds its point.
+    let (a, b) = points[17];
+    let hit = m
+        .exact_index()
+        .search(&[b, a, 1.0], 1)
+        .expect("search")
+        .neighbors[0];
+    assert_eq!(hit.id, 18, "ids are ticks from 1");
+    assert!((hit.similarity - 1.0).abs() < 1e-5, "{}", hit.similarity);
+    // The graph over the old keys is retired and a new one built.
+    let rebuilt = m.shared.wait_until(PATIENCE, || {
+        m.shared
+            .graph
+            .load_full()
+            .is_some_and(|g| !Arc::ptr_eq(&g, &before))
+    });
+    assert!(rebuilt, "the stale graph was replaced");
+    assert!(m.flush_index(PATIENCE));
+    let queries: Vec<Vec<f32>> = points
+        .iter()
+        .step_by(7)
+        .map(|&(a, b)| vec![b, a, 1.0])
+        .collect();
+    let hnsw = m.hnsw_index().expect("graph");
+    assert!(recall(&m, &hnsw, &queries, 5) >= 0.95);
+}
+
+#[test]
+fn forgetting_keeps_only_the_most_recent_experiences() {
+    let m = memory(MemoryConfig {
+        dim: 2,
+        capacity: 100,
+        ..Default::default()
+    });
+    for i in 0..50 {
+        m.submit(exp(vec![1.0, i as f32 / 50.0], 0, 1.0))
+            .expect("queued");
+    }
+    assert!(m.flush(PATIENCE));
+    m.forget_older_than(5);
+    // Searches skip the forgotten at once (ticks 46..=50 remain) ...
+    let r = m.search(&[1.0, 0.5], 100).expect("search");
+    let mut got: Vec<u64> = r.neighbors.iter().map(|n| n.id).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![46, 47, 48, 49, 50]);
+    // ... and the next insert frees their slots; newcomers are kept.
+    m.submit(exp(vec![1.0, 0.0], 1, 1.0)).expect("queued");
+    assert!(m.flush(PATIENCE));
+    assert_eq!(m.len(), 6);
+}

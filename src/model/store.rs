@@ -178,8 +178,38 @@ impl Mlp {
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
             .map_err(serialize_err)?;
         let bytes = safetensors::serialize(views, Some(meta)).map_err(serialize_err)?;
-        write_atomic(path, &bytes)
+        write_atomic(path, &sorted_header(bytes))
     }
+}
+
+/// The same file with the JSON header's keys in sorted order. safetensors writes the
+/// metadata from a `HashMap`, so with two or more keys its order (and the file's
+/// bytes) would change from run to run; the same model must give the same file.
+/// Reordering keeps the header's length, so the padding and the offsets still hold.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return bytes;
+    };
+    // serde_json's map is ordered by key unless its preserve_order feature is on.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let Ok(mut sorted) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if sorted.len() > len {
+        return bytes;
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    bytes
 }
 
 /// The parsed file plus the names errors need.
