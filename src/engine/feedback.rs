@@ -111,6 +111,15 @@ impl Engine {
             }
         };
 
+        // The linear voter learns from every label, in place (a few hundred flops).
+        if let Some(linear) = &self.linear {
+            let model = self.model.load();
+            if model.has_norm()
+                && let Some(z) = model.input_key(&features)
+            {
+                linear.learn(&z, label as usize);
+            }
+        }
         let experience = Experience {
             embedding,
             features,
@@ -130,7 +139,11 @@ impl Engine {
                     HedgeLoss::ZeroOne => zero_one_loss,
                     HedgeLoss::Absolute => loss,
                 };
-                self.hedge.update(loss(&pending.p_model, y), loss(p_knn, y));
+                self.hedge.update([
+                    Some(loss(&pending.p_model, y)),
+                    Some(loss(p_knn, y)),
+                    pending.p_lin.as_deref().map(|p| loss(p, y)),
+                ]);
             }
             let drift = self.gate.observe_label(pending.predicted != label);
             if drift && self.config.drift_keep > 0 {

@@ -59,6 +59,7 @@ pub struct InferReply {
 struct Decision {
     probs: Vec<f32>,
     p_knn: Option<Vec<f32>>,
+    p_lin: Option<Vec<f32>>,
     path: InferPath,
     neighbors_used: usize,
 }
@@ -106,7 +107,7 @@ impl Engine {
             let p_model = &out.probs[i * k..(i + 1) * k];
             let embedding = &out.embeddings[i * e..(i + 1) * e];
             let vote_started = Instant::now();
-            let decision = self.decide(p_model, embedding);
+            let decision = self.decide(&model, &features, p_model, embedding);
             knn_us += vote_started.elapsed().as_micros() as u64;
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
@@ -136,6 +137,7 @@ impl Engine {
                     embedding: embedding.to_vec(),
                     p_model: p_model.to_vec(),
                     p_knn: decision.p_knn,
+                    p_lin: decision.p_lin,
                     predicted: label,
                     model_version: out.model_version,
                 },
@@ -154,10 +156,17 @@ impl Engine {
     }
 
     /// Cold start, the temporal vote, or the fallback for one row.
-    fn decide(&self, p_model: &[f32], embedding: &[f32]) -> Decision {
+    fn decide(
+        &self,
+        model: &crate::model::Mlp,
+        features: &[f32],
+        p_model: &[f32],
+        embedding: &[f32],
+    ) -> Decision {
         let model_only = |path| Decision {
             probs: p_model.to_vec(),
             p_knn: None,
+            p_lin: None,
             path,
             neighbors_used: 0,
         };
@@ -209,14 +218,34 @@ impl Engine {
             d.neighbors_used = found.neighbors.len();
             return d;
         }
+        let p_lin = self.linear_vote(model, features);
         let mut probs = vec![0.0; p_model.len()];
-        blend(self.hedge.lambda(), p_model, &p_knn, &mut probs);
+        blend(
+            self.hedge.weights(),
+            [Some(p_model), Some(&p_knn), p_lin.as_deref()],
+            &mut probs,
+        );
         Decision {
             probs,
             p_knn: Some(p_knn),
+            p_lin,
             path: InferPath::Ensemble,
             neighbors_used: found.neighbors.len(),
         }
+    }
+
+    /// The linear voter's distribution for raw `features`, if it is on and the model
+    /// standardises (raw features would swamp it).
+    pub(super) fn linear_vote(
+        &self,
+        model: &crate::model::Mlp,
+        features: &[f32],
+    ) -> Option<Vec<f32>> {
+        let linear = self.linear.as_ref()?;
+        if !model.has_norm() {
+            return None;
+        }
+        linear.predict(&model.input_key(features)?)
     }
 
     /// The confidence gate: a confident answer becomes a pseudo-labelled experience

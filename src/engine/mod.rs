@@ -16,6 +16,7 @@ mod error;
 mod feedback;
 mod gate;
 mod infer;
+mod linear;
 mod pending;
 mod sink;
 mod vote;
@@ -38,7 +39,7 @@ pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
 pub use pending::{PendingMap, PendingPrediction};
 pub use sink::{LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
-pub use vote::{Hedge, argmax, blend, knn_distribution, loss};
+pub use vote::{Hedge, KNN, LINEAR, MODEL, argmax, blend, knn_distribution, loss};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
 #[derive(Debug, Default)]
@@ -72,6 +73,8 @@ pub struct EngineStatus {
     pub input_dim: usize,
     pub num_classes: usize,
     pub lambda: f32,
+    /// Hedge's weights of the model, the neighbours and the linear voter.
+    pub weights: [f32; 3],
     pub breaker: BreakerState,
     pub drift_active: bool,
     pub drifts: u64,
@@ -92,6 +95,8 @@ pub struct Engine {
     _model_thread: ModelThread,
     memory: Arc<Memory>,
     hedge: Hedge,
+    /// The online linear voter (`engine.linear_voter`).
+    linear: Option<linear::LinearVoter>,
     gate: ConfidenceGate,
     breaker: CircuitBreaker,
     pending: PendingMap,
@@ -123,7 +128,21 @@ impl Engine {
         let keyed_with = parking_lot::Mutex::new(model.load_full());
         let thread = ModelThread::spawn(model.clone(), batcher)?;
         Ok(Self {
-            hedge: Hedge::new(config.model_weight, config.hedge_eta, config.hedge_floor),
+            // An untrained model starts at the floor: it has to earn its vote.
+            hedge: Hedge::new(
+                if skip_cold_start {
+                    config.hedge_floor
+                } else {
+                    config.model_weight
+                },
+                config.hedge_eta,
+                config.hedge_floor,
+                config.linear_voter,
+            ),
+            linear: config.linear_voter.then(|| {
+                let m = model.load();
+                linear::LinearVoter::new(m.input_dim(), m.num_classes(), config.linear_lr)
+            }),
             gate: ConfidenceGate::new(
                 config.confidence_threshold,
                 config.pseudo_labels,
@@ -246,6 +265,7 @@ impl Engine {
             input_dim: model.input_dim(),
             num_classes: model.num_classes(),
             lambda: self.hedge.lambda(),
+            weights: self.hedge.weights(),
             breaker: self.breaker.state(),
             drift_active: self.gate.drift_active(),
             drifts: self.gate.drifts(),

@@ -28,6 +28,8 @@ pub struct PendingPrediction {
     pub p_model: Vec<f32>,
     /// The neighbours' distribution, when they voted.
     pub p_knn: Option<Vec<f32>>,
+    /// The linear voter's distribution, when it voted.
+    pub p_lin: Option<Vec<f32>>,
     /// The label the server answered.
     pub predicted: u32,
     /// Model version that answered.
@@ -172,6 +174,7 @@ mod tests {
             embedding: vec![1.0],
             p_model: vec![1.0],
             p_knn: None,
+            p_lin: None,
             predicted: label,
             model_version: 0,
         }

@@ -60,51 +60,116 @@ pub fn knn_distribution(
     total
 }
 
-/// Writes `λ·p_model + (1−λ)·p_knn` into `out`.
-pub fn blend(lambda: f32, p_model: &[f32], p_knn: &[f32], out: &mut [f32]) {
-    for ((o, m), k) in out.iter_mut().zip(p_model).zip(p_knn) {
-        *o = lambda * m + (1.0 - lambda) * k;
+/// The voters, in the order of [`Hedge::weights`].
+pub const MODEL: usize = 0;
+pub const KNN: usize = 1;
+pub const LINEAR: usize = 2;
+
+/// Writes the weighted mix of the voters that voted (`Some`) into `out`, their
+/// weights renormalised over those present.
+pub fn blend(weights: [f32; 3], voters: [Option<&[f32]>; 3], out: &mut [f32]) {
+    out.fill(0.0);
+    let total: f32 = weights
+        .iter()
+        .zip(&voters)
+        .filter(|(_, v)| v.is_some())
+        .map(|(w, _)| w)
+        .sum();
+    if total <= 0.0 || !total.is_finite() {
+        return;
+    }
+    for (w, p) in weights.iter().zip(voters) {
+        if let Some(p) = p {
+            for (o, x) in out.iter_mut().zip(p) {
+                *o += w / total * x;
+            }
+        }
     }
 }
 
-/// The adaptive model weight λ. Reads are lock-free (the request path); updates,
-/// one per labelled feedback, take a short mutex so read-modify-write stays exact.
+/// The voters' weights (model, neighbours, linear), learned by Hedge. Reads are
+/// lock-free (the request path); updates, one per labelled feedback, take a short
+/// mutex so read-modify-write stays exact. A reader may see weights from two
+/// adjacent updates mixed, which only shifts a vote by one update's step.
 #[derive(Debug)]
 pub struct Hedge {
-    /// λ as f32 bits, read on every ensemble request without a lock.
-    lambda: AtomicU32,
+    /// The weights as f32 bits; they sum to 1.
+    weights: [AtomicU32; 3],
     /// Serialises updates; held only for a few float operations, never across await.
     update: Mutex<()>,
     eta: f32,
     floor: f32,
+    /// Whether the linear voter exists (its weight stays 0 otherwise).
+    linear: bool,
 }
 
 impl Hedge {
-    /// Starts at `initial` (the configured `model_weight`).
-    pub fn new(initial: f32, eta: f32, floor: f32) -> Self {
-        let initial = initial.clamp(floor, 1.0 - floor);
+    /// The model starts at `model_weight`; the others share the rest equally.
+    pub fn new(model_weight: f32, eta: f32, floor: f32, linear: bool) -> Self {
+        let m = model_weight.clamp(floor, 1.0 - floor);
+        let start = if linear {
+            [m, (1.0 - m) / 2.0, (1.0 - m) / 2.0]
+        } else {
+            [m, 1.0 - m, 0.0]
+        };
         Self {
-            lambda: AtomicU32::new(initial.to_bits()),
+            weights: start.map(|w| AtomicU32::new(w.to_bits())),
             update: Mutex::new(()),
             eta,
             floor,
+            linear,
         }
     }
 
-    /// The current model weight.
-    pub fn lambda(&self) -> f32 {
-        f32::from_bits(self.lambda.load(Ordering::Relaxed))
+    /// The current weights of the model, the neighbours and the linear voter.
+    pub fn weights(&self) -> [f32; 3] {
+        std::array::from_fn(|i| f32::from_bits(self.weights[i].load(Ordering::Relaxed)))
     }
 
-    /// One Hedge step from the two voters' losses in `[0, 1]` on a labelled sample.
-    pub fn update(&self, loss_model: f32, loss_knn: f32) {
+    /// The model's weight λ.
+    pub fn lambda(&self) -> f32 {
+        self.weights()[MODEL]
+    }
+
+    /// One Hedge step from the losses in `[0, 1]` of the voters that voted on a
+    /// labelled sample. Absent voters keep their share; the present ones share theirs
+    /// by `w·e^(−η·loss)`, each kept at or above the floor (fixed share), so a voter
+    /// that lost for a long stretch can win back within a few dozen labels.
+    pub fn update(&self, losses: [Option<f32>; 3]) {
         let _guard = self.update.lock();
-        let lambda = self.lambda();
-        let wm = lambda * (-self.eta * loss_model).exp();
-        let wk = (1.0 - lambda) * (-self.eta * loss_knn).exp();
-        let next = (wm / (wm + wk)).clamp(self.floor, 1.0 - self.floor);
-        if next.is_finite() {
-            self.lambda.store(next.to_bits(), Ordering::Relaxed);
+        let mut w = self.weights();
+        let present: Vec<usize> = (0..3)
+            .filter(|&i| losses[i].is_some() && (i != LINEAR || self.linear))
+            .collect();
+        if present.len() < 2 {
+            return;
+        }
+        let mass: f32 = present.iter().map(|&i| w[i]).sum();
+        for &i in &present {
+            w[i] *= (-self.eta * losses[i].unwrap_or(0.0)).exp();
+        }
+        let moved: f32 = present.iter().map(|&i| w[i]).sum();
+        for &i in &present {
+            w[i] = w[i] / moved * mass;
+        }
+        // Lift the voters below the floor to it, taking the difference from the others
+        // in proportion to how far they are above it (so none of them drops below).
+        let floor = self.floor.min(mass / present.len() as f32);
+        let deficit: f32 = present.iter().map(|&i| (floor - w[i]).max(0.0)).sum();
+        let excess: f32 = present.iter().map(|&i| (w[i] - floor).max(0.0)).sum();
+        if deficit > 0.0 && excess > 0.0 {
+            for &i in &present {
+                w[i] = if w[i] < floor {
+                    floor
+                } else {
+                    w[i] - deficit * (w[i] - floor) / excess
+                };
+            }
+        }
+        if w.iter().all(|x| x.is_finite()) {
+            for (slot, x) in self.weights.iter().zip(w) {
+                slot.store(x.to_bits(), Ordering::Relaxed);
+            }
         }
     }
 }
@@ -232,26 +297,67 @@ mod tests {
     #[test]
     fn blend_mixes_linearly() {
         let mut out = [0.0; 2];
-        blend(0.25, &[1.0, 0.0], &[0.0, 1.0], &mut out);
+        blend(
+            [0.25, 0.75, 0.0],
+            [Some(&[1.0, 0.0]), Some(&[0.0, 1.0]), None],
+            &mut out,
+        );
         assert_eq!(out, [0.25, 0.75]);
     }
 
     #[test]
+    fn hedge_over_three_voters_follows_the_best_and_spares_the_absent() {
+        let h = Hedge::new(0.5, 0.5, 0.05, true);
+        assert_eq!(h.weights(), [0.5, 0.25, 0.25]);
+        for _ in 0..50 {
+            h.update([Some(1.0), Some(1.0), Some(0.0)]);
+        }
+        let w = h.weights();
+        assert!(w[LINEAR] > 0.85, "{w:?}");
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
+        assert!(w.iter().all(|&x| x >= 0.05 - 1e-6), "floor: {w:?}");
+        // The linear voter abstains: its share is kept while the other two move.
+        let before = h.weights()[LINEAR];
+        for _ in 0..20 {
+            h.update([Some(0.0), Some(1.0), None]);
+        }
+        let w = h.weights();
+        assert!((w[LINEAR] - before).abs() < 1e-5, "{w:?}");
+        assert!(w[MODEL] > w[KNN], "{w:?}");
+    }
+
+    #[test]
+    fn blend_renormalises_over_the_voters_present() {
+        let mut out = [0.0; 2];
+        blend(
+            [0.5, 0.25, 0.25],
+            [Some(&[1.0, 0.0]), None, Some(&[0.0, 1.0])],
+            &mut out,
+        );
+        assert!((out[0] - 2.0 / 3.0).abs() < 1e-6 && (out[1] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
     fn hedge_moves_towards_the_better_voter_and_respects_the_floor() {
-        let h = Hedge::new(0.5, 0.5, 0.05);
+        let h = Hedge::new(0.5, 0.5, 0.05, false);
         for _ in 0..10 {
-            h.update(0.9, 0.1);
+            h.update([Some(0.9), Some(0.1), None]);
         }
         let after_knn_wins = h.lambda();
         assert!(after_knn_wins < 0.1, "λ = {after_knn_wins}");
         for _ in 0..1000 {
-            h.update(1.0, 0.0);
+            h.update([Some(1.0), Some(0.0), Some(0.0)]);
         }
-        assert_eq!(h.lambda(), 0.05, "floor holds");
+        assert!(
+            (h.lambda() - 0.05).abs() < 1e-6,
+            "floor holds: {}",
+            h.lambda()
+        );
+        assert_eq!(h.weights()[LINEAR], 0.0, "no linear voter, no weight");
         // After a drift the model becomes the better voter: λ recovers quickly.
         let mut steps = 0;
         while h.lambda() < 0.5 {
-            h.update(0.0, 1.0);
+            h.update([Some(0.0), Some(1.0), None]);
             steps += 1;
         }
         assert!(steps < 20, "recovered in {steps} labels");

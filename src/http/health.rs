@@ -243,6 +243,11 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         },
         "vote": {
             "lambda": s.lambda,
+            "weights": {
+                "model": s.weights[crate::engine::MODEL],
+                "knn": s.weights[crate::engine::KNN],
+                "linear": s.weights[crate::engine::LINEAR],
+            },
             "breaker": s.breaker.as_str(),
             "drift_active": s.drift_active,
             "drifts": s.drifts,

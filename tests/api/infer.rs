@@ -124,7 +124,7 @@ async fn memory_leaves_cold_start_and_votes() {
     let body = server.infer(json!([x])).await;
     let p = &body["predictions"][0];
     assert_eq!(p["path"], "ensemble", "{body}");
-    assert_eq!(p["neighbors_used"], 10);
+    assert_eq!(p["neighbors_used"], 5, "k = 5 by default");
     let health: Value = client()
         .get(server.url("/health"))
         .send()

@@ -119,8 +119,11 @@ async fn a_fresh_model_learns_from_a_stream_of_labels() {
         "learning from scratch: first 500 {first:.3}, last 1000 {last:.3}, versions {v0} → {}, swaps {}",
         synced["model_version"], status["swaps"]
     );
+    // An untrained model lets its neighbours vote from the first label, so even the
+    // first 500 answers are well above chance (0.25); the served answers still
+    // improve as the memory fills and the weights learn.
     assert!(
-        last > first + 0.2,
+        first > 0.4 && last > first + 0.05 && last > 0.85,
         "accuracy of the first 500 {first:.3}, of the last 1000 {last:.3}"
     );
     assert!(
