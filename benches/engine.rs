@@ -4,7 +4,8 @@
 //! model's own), so the k-NN index sees realistic structure. The bench re-executes
 //! itself with `RAYON_NUM_THREADS=1`, as the server does.
 //!
-//! Run: `cargo bench --bench engine`
+//! Run: `cargo bench --bench engine`; `BENCH_NO_PSEUDO=1` turns pseudo-labels off and
+//! `BENCH_NO_LINEAR=1` the linear voter, to measure what each costs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ fn engine_with_memory(rt: &tokio::runtime::Runtime, size: usize) -> Arc<Engine> 
     // The whole memory is searched: no recency window (the default keeps 2000).
     config.memory.max_age = 0;
     config.engine.pseudo_labels = std::env::var_os("BENCH_NO_PSEUDO").is_none();
+    config.engine.linear_voter = std::env::var_os("BENCH_NO_LINEAR").is_none();
     let engine = rt.block_on(build_engine(&config)).expect("engine");
     let stream = SyntheticStream::new(Default::default());
     let model = engine.model();
