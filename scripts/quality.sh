@@ -6,7 +6,7 @@
 #   scripts/quality.sh [--seed 42] [--samples 20000] [--config FILE] [--out DIR]
 #
 # Report on seed 42; tune on other seeds (e.g. 7), so no figure is fitted to the
-# stream it is reported on. Takes ~15 minutes on 2 cores, most of it River's ARF.
+# stream it is reported on. Takes ~12 minutes on 2 cores, most of it River's ARF.
 # Needs: pip install river (0.26). Without ADAPTSERVE_BIN it builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
