@@ -163,6 +163,12 @@ pub struct SwapConfig {
     pub kl_reject_threshold: f64,
     /// Recent inputs the KL is measured on.
     pub probe_size: usize,
+    /// A server that started from an untrained (`init-model`) model does not
+    /// KL-check new versions until it has received this many labels: the weights
+    /// have nothing to protect yet, every early version moves far, and with sparse
+    /// labels the probe holds too few of them for accuracy to overrule the check,
+    /// so each rejection threw the labels learned since away.
+    pub unguarded_labels: u64,
     /// Checkpoints kept on disk besides the serving one (rollback targets).
     pub keep_checkpoints: usize,
     /// Longest `POST /v1/admin/sync` waits before answering 503.
@@ -175,6 +181,7 @@ impl Default for SwapConfig {
             poll_ms: 5,
             kl_reject_threshold: 1.0,
             probe_size: 256,
+            unguarded_labels: 1_000,
             keep_checkpoints: 5,
             sync_timeout_ms: 30_000,
         }

@@ -105,6 +105,8 @@ pub struct Engine {
     stats: EngineStats,
     /// The model was untrained at start and `fresh_model = "knn"`: no cold-start bypass.
     skip_cold_start: bool,
+    /// The model was untrained (from `init-model`) when this engine started.
+    started_fresh: bool,
     /// The model whose standardiser computed the memory's input keys.
     keyed_with: parking_lot::Mutex<Arc<Mlp>>,
 }
@@ -122,8 +124,8 @@ impl Engine {
         batcher: BatcherConfig,
         max_client_batch: usize,
     ) -> std::io::Result<Self> {
-        let skip_cold_start =
-            model.is_fresh() && config.fresh_model == crate::config::FreshModel::Knn;
+        let started_fresh = model.is_fresh();
+        let skip_cold_start = started_fresh && config.fresh_model == crate::config::FreshModel::Knn;
         let model = Arc::new(ArcSwap::from_pointee(model));
         let keyed_with = parking_lot::Mutex::new(model.load_full());
         let thread = ModelThread::spawn(model.clone(), batcher)?;
@@ -167,6 +169,7 @@ impl Engine {
             next_request_id: AtomicU64::new(1),
             stats: EngineStats::default(),
             skip_cold_start,
+            started_fresh,
             keyed_with,
             config,
         })
@@ -245,7 +248,13 @@ impl Engine {
         self.client.capacity()
     }
 
-    /// True while the memory is too small to vote.
+    /// True if the model was untrained (from `init-model`) when the server started.
+    pub fn started_fresh(&self) -> bool {
+        self.started_fresh
+    }
+
+    /// True while the memory is too small to vote (never for a fresh model with
+    /// `fresh_model = "knn"`).
     pub fn in_cold_start(&self) -> bool {
         !self.skip_cold_start && self.memory.len() < self.config.cold_start_threshold
     }

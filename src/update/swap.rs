@@ -227,7 +227,9 @@ impl UpdatePath {
         // (a fresh model's first versions move a lot); a large move that does not is
         // what the check exists to stop.
         let learned = cmp.labelled >= MIN_LABELLED && cmp.new_accuracy > cmp.old_accuracy;
-        if cmp.kl > self.config.kl_reject_threshold && !learned {
+        let young = self.engine.started_fresh()
+            && self.engine.stats().labels.load(Ordering::Relaxed) < self.config.unguarded_labels;
+        if cmp.kl > self.config.kl_reject_threshold && !learned && !young {
             self.stats.rejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 version,

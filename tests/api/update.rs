@@ -387,3 +387,37 @@ async fn a_fresh_model_votes_with_its_neighbours_from_the_first_label() {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_model_is_not_kl_checked_until_it_has_enough_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh_model(dir.path());
+    // Any move at all is too far, and 20 labels are too few for accuracy to overrule
+    // the check: only the fresh-model allowance lets these versions in.
+    for (unguarded, allowed) in [(1_000u64, true), (0, false)] {
+        let server = TestServer::start_with(|c| {
+            c.server.model = model.clone();
+            c.worker.publish_every_ms = 100;
+            c.swap.kl_reject_threshold = 1e-12;
+            c.swap.unguarded_labels = unguarded;
+            c.engine.pseudo_labels = false;
+        })
+        .await;
+        server.wait_worker().await;
+        for t in 0..20 {
+            feedback(&server, t).await;
+        }
+        server.sync().await;
+        let status = server.status().await;
+        let (swapped, rejected) = (
+            status["swaps"]["swapped"].as_u64().unwrap(),
+            status["swaps"]["rejected"].as_u64().unwrap(),
+        );
+        if allowed {
+            assert!(swapped >= 1 && rejected == 0, "{status}");
+        } else {
+            assert!(swapped == 0 && rejected >= 1, "{status}");
+        }
+        server.stop().await.unwrap();
+    }
+}
