@@ -112,13 +112,8 @@ impl Engine {
         };
 
         // The linear voter learns from every label, in place (a few hundred flops).
-        if let Some(linear) = &self.linear {
-            let model = self.model.load();
-            if model.has_norm()
-                && let Some(z) = model.input_key(&features)
-            {
-                linear.learn(&z, label as usize);
-            }
+        if let Some((linear, z)) = self.linear_input(&self.model.load(), &features) {
+            linear.learn(&z, label as usize);
         }
         let experience = Experience {
             embedding,

@@ -235,17 +235,25 @@ impl Engine {
     }
 
     /// The linear voter's distribution for raw `features`, if it is on and the model
-    /// standardises (raw features would swamp it).
-    pub(super) fn linear_vote(
+    /// standardises.
+    fn linear_vote(&self, model: &crate::model::Mlp, features: &[f32]) -> Option<Vec<f32>> {
+        let (linear, z) = self.linear_input(model, features)?;
+        linear.predict(&z)
+    }
+
+    /// The linear voter and its input for raw `features` (standardised, bias
+    /// appended); `None` while the voter is off or the model has no standardiser,
+    /// since raw features would swamp it.
+    pub(super) fn linear_input(
         &self,
         model: &crate::model::Mlp,
         features: &[f32],
-    ) -> Option<Vec<f32>> {
+    ) -> Option<(&super::linear::LinearVoter, Vec<f32>)> {
         let linear = self.linear.as_ref()?;
         if !model.has_norm() {
             return None;
         }
-        linear.predict(&model.input_key(features)?)
+        Some((linear, model.input_key(features)?))
     }
 
     /// The confidence gate: a confident answer becomes a pseudo-labelled experience

@@ -103,12 +103,16 @@ pub struct Engine {
     sink: Arc<dyn UpdateSink>,
     next_request_id: AtomicU64,
     stats: EngineStats,
-    /// The model was untrained at start and `fresh_model = "knn"`: no cold-start bypass.
-    skip_cold_start: bool,
     /// The model was untrained (from `init-model`) when this engine started.
     started_fresh: bool,
     /// The model whose standardiser computed the memory's input keys.
     keyed_with: parking_lot::Mutex<Arc<Mlp>>,
+}
+
+/// True when an untrained model lets its neighbours vote from the first label
+/// (`fresh_model = "knn"`): no cold-start bypass, and its own vote starts at the floor.
+fn neighbours_first(started_fresh: bool, config: &EngineConfig) -> bool {
+    started_fresh && config.fresh_model == crate::config::FreshModel::Knn
 }
 
 /// A standardiser move (in standard deviations of a feature) that re-keys the memory.
@@ -125,14 +129,13 @@ impl Engine {
         max_client_batch: usize,
     ) -> std::io::Result<Self> {
         let started_fresh = model.is_fresh();
-        let skip_cold_start = started_fresh && config.fresh_model == crate::config::FreshModel::Knn;
         let model = Arc::new(ArcSwap::from_pointee(model));
         let keyed_with = parking_lot::Mutex::new(model.load_full());
         let thread = ModelThread::spawn(model.clone(), batcher)?;
         Ok(Self {
             // An untrained model starts at the floor: it has to earn its vote.
             hedge: Hedge::new(
-                if skip_cold_start {
+                if neighbours_first(started_fresh, &config) {
                     config.hedge_floor
                 } else {
                     config.model_weight
@@ -168,7 +171,6 @@ impl Engine {
             max_client_batch,
             next_request_id: AtomicU64::new(1),
             stats: EngineStats::default(),
-            skip_cold_start,
             started_fresh,
             keyed_with,
             config,
@@ -256,7 +258,8 @@ impl Engine {
     /// True while the memory is too small to vote (never for a fresh model with
     /// `fresh_model = "knn"`).
     pub fn in_cold_start(&self) -> bool {
-        !self.skip_cold_start && self.memory.len() < self.config.cold_start_threshold
+        !neighbours_first(self.started_fresh, &self.config)
+            && self.memory.len() < self.config.cold_start_threshold
     }
 
     /// Predictions dropped from the pending map before a label came.

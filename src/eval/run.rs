@@ -173,36 +173,27 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<Value>
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let r = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    answer(r, url).await
+    send(http.get(url), "GET", url).await
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
-    let r = http
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    answer(r, url).await
+    send(http.post(url).json(body), "POST", url).await
 }
 
 async fn sync(http: &reqwest::Client, url: &str, token: Option<&str>) -> anyhow::Result<()> {
     let token = token.context("the sync barrier needs --admin-token (or --sync-every 0)")?;
-    let r = http
-        .post(url)
-        .bearer_auth(token)
-        .send()
+    send(http.post(url).bearer_auth(token), "POST", url)
         .await
-        .with_context(|| format!("POST {url}"))?;
-    answer(r, url).await.map(drop)
+        .map(drop)
 }
 
-async fn answer(r: reqwest::Response, url: &str) -> anyhow::Result<Value> {
+/// Sends `request` and reads its JSON answer; a non-2xx status is an error that
+/// carries the server's body.
+async fn send(request: reqwest::RequestBuilder, method: &str, url: &str) -> anyhow::Result<Value> {
+    let r = request
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
     let status = r.status();
     let text = r.text().await.with_context(|| format!("reading {url}"))?;
     if !status.is_success() {

@@ -205,6 +205,15 @@ impl Store {
         n
     }
 
+    /// Overwrites row `slot` of the matrix with `key · scale` (the interleaved copy is
+    /// the caller's to update).
+    fn set_row(&mut self, slot: usize, key: &[f32], scale: f32) {
+        let start = slot * self.dim;
+        for (dst, src) in self.embeddings[start..start + self.dim].iter_mut().zip(key) {
+            *dst = src * scale;
+        }
+    }
+
     /// Recomputes every live row's key from its stored features with `key` (a row
     /// whose new key is unusable keeps its old one). Returns the rows re-keyed.
     pub(super) fn rekey(&mut self, key: &dyn Fn(&[f32]) -> Option<Vec<f32>>) -> usize {
@@ -218,14 +227,7 @@ impl Store {
             if new.len() != self.dim || !norm2.is_finite() || norm2 <= 0.0 {
                 continue;
             }
-            let inv_norm = 1.0 / norm2.sqrt();
-            let start = s * self.dim;
-            for (dst, src) in self.embeddings[start..start + self.dim]
-                .iter_mut()
-                .zip(&new)
-            {
-                *dst = src * inv_norm;
-            }
+            self.set_row(s, &new, 1.0 / norm2.sqrt());
             self.write_blocked(s);
             done += 1;
         }
@@ -256,13 +258,7 @@ impl Store {
         let slot = match self.free.pop() {
             Some(slot) => {
                 let s = slot as usize;
-                let start = s * self.dim;
-                for (dst, src) in self.embeddings[start..start + self.dim]
-                    .iter_mut()
-                    .zip(&exp.embedding)
-                {
-                    *dst = src * inv_norm;
-                }
+                self.set_row(s, &exp.embedding, inv_norm);
                 self.ticks[s] = id;
                 self.labels[s] = exp.label;
                 self.trusts[s] = exp.trust;

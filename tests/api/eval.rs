@@ -2,20 +2,11 @@
 //! scored prequentially, and every bad input refused before a server starts.
 
 use std::path::Path;
-use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_adaptserve");
+use crate::common::run_cli;
 
 fn eval(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .arg("eval")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run adaptserve eval");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
-    (out.status.code(), stderr)
+    run_cli("eval", args)
 }
 
 /// Two Gaussian blobs in 3 features of very different scales, whose classes swap

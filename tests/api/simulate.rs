@@ -3,18 +3,10 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_adaptserve");
+use crate::common::{BIN, run_cli};
 
 fn simulate(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .arg("simulate")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run adaptserve simulate");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
-    (out.status.code(), stderr)
+    run_cli("simulate", args)
 }
 
 #[test]

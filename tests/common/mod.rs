@@ -206,3 +206,20 @@ pub fn sample(t: u64) -> (Vec<f32>, u32) {
     let s = stream.sample(t);
     (s.features, s.label)
 }
+
+/// The `adaptserve` executable cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_adaptserve");
+
+/// Runs `adaptserve <subcommand> <args>` to completion; returns its exit code and
+/// stderr, and fails the test if it panicked.
+pub fn run_cli(subcommand: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .arg(subcommand)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("run adaptserve {subcommand}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    (out.status.code(), stderr)
+}

@@ -171,12 +171,7 @@ impl Learner {
         // Replay only labels seen in earlier batches: the newest ones are already in.
         let fresh = self.y.len();
         let older = self.replay.len().saturating_sub(fresh);
-        for _ in 0..self.settings.replay_per_batch.min(older) {
-            let (x, y) = &self.replay[self.rng.random_range(0..older)];
-            self.x.extend_from_slice(x);
-            self.y.push(*y);
-            self.w.push(1.0);
-        }
+        self.add_replayed(self.settings.replay_per_batch.min(older), older);
         self.trainer
             .step_weighted(&self.x, &self.y, &self.w)
             .context("a training step")?;
@@ -187,12 +182,7 @@ impl Learner {
             self.x.clear();
             self.y.clear();
             self.w.clear();
-            for _ in 0..self.settings.train_batch {
-                let (x, y) = &self.replay[self.rng.random_range(0..self.replay.len())];
-                self.x.extend_from_slice(x);
-                self.y.push(*y);
-                self.w.push(1.0);
-            }
+            self.add_replayed(self.settings.train_batch, self.replay.len());
             self.trainer
                 .step_weighted(&self.x, &self.y, &self.w)
                 .context("a replay step")?;
@@ -203,6 +193,17 @@ impl Learner {
         self.steps += 1;
         self.trained_through = self.batch_seq;
         Ok(())
+    }
+
+    /// Adds `n` labels drawn at random from the oldest `from` of the replay buffer to
+    /// the batch, at full weight.
+    fn add_replayed(&mut self, n: usize, from: usize) {
+        for _ in 0..n {
+            let (x, y) = &self.replay[self.rng.random_range(0..from)];
+            self.x.extend_from_slice(x);
+            self.y.push(*y);
+            self.w.push(1.0);
+        }
     }
 
     /// The current weights as a servable model with `version`'s metadata.
