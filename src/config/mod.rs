@@ -253,10 +253,9 @@ pub struct EngineConfig {
     pub hedge_loss: HedgeLoss,
     /// A third voter: an online softmax regression on the standardised input,
     /// trained on every label; Hedge gives it the share it earns. A linear boundary
-    /// is learned faster this way than by the mini-batched network.
+    /// is learned faster this way than by the mini-batched network. Its standardiser
+    /// and step size are its own (`src/engine/linear.rs`).
     pub linear_voter: bool,
-    /// SGD step size of the linear voter.
-    pub linear_lr: f32,
     /// Neighbours consulted per vote.
     pub k: usize,
     /// How closeness turns into vote weight: `similarity` (the cosine, negatives
@@ -309,7 +308,6 @@ impl Default for EngineConfig {
             hedge_floor: 0.05,
             hedge_loss: HedgeLoss::ZeroOne,
             linear_voter: true,
-            linear_lr: 0.05,
             k: 5,
             neighbor_weight: NeighborWeight::Similarity,
             half_life: 2000.0,
@@ -629,12 +627,6 @@ impl Config {
             return Err(invalid(
                 "engine.hedge_eta",
                 format!("must be >= 0, got {}", e.hedge_eta),
-            ));
-        }
-        if !(e.linear_lr.is_finite() && e.linear_lr > 0.0) {
-            return Err(invalid(
-                "engine.linear_lr",
-                format!("must be > 0, got {}", e.linear_lr),
             ));
         }
         positive("engine.k", e.k)?;

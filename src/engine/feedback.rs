@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::vote::{loss, zero_one_loss};
+use super::vote::{argmax, loss, zero_one_loss};
 use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
 use crate::config::HedgeLoss;
 use crate::knn::Experience;
@@ -112,8 +112,8 @@ impl Engine {
         };
 
         // The linear voter learns from every label, in place (a few hundred flops).
-        if let Some((linear, z)) = self.linear_input(&self.model.load(), &features) {
-            linear.learn(&z, label as usize);
+        if let Some(linear) = &self.linear {
+            linear.learn(&features, label as usize, joined.is_some());
         }
         let experience = Experience {
             embedding,
@@ -147,6 +147,25 @@ impl Engine {
                     kept = self.config.drift_keep,
                     "drift detected: the memory forgets all but its most recent experiences"
                 );
+            }
+            let voters = [
+                Some(pending.p_model.as_slice()),
+                pending.p_knn.as_deref(),
+                pending.p_lin.as_deref(),
+            ];
+            for (i, p) in voters.iter().enumerate() {
+                if let Some(p) = p {
+                    self.stats.voter_scored[i].fetch_add(1, Ordering::Relaxed);
+                    if argmax(p).0 == y {
+                        self.stats.voter_correct[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if pending.pseudo {
+                self.stats.pseudo_scored.fetch_add(1, Ordering::Relaxed);
+                if pending.predicted == label {
+                    self.stats.pseudo_correct.fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.stats.labels_scored.fetch_add(1, Ordering::Relaxed);
             if pending.predicted == label {

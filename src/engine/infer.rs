@@ -107,12 +107,12 @@ impl Engine {
             let p_model = &out.probs[i * k..(i + 1) * k];
             let embedding = &out.embeddings[i * e..(i + 1) * e];
             let vote_started = Instant::now();
-            let decision = self.decide(&model, &features, p_model, embedding);
+            let decision = self.decide(&features, p_model, embedding);
             knn_us += vote_started.elapsed().as_micros() as u64;
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
             let request_id = self.next_request_id();
-            let update_enqueued = self.maybe_learn(
+            let (pseudo, update_enqueued) = self.maybe_learn(
                 &features,
                 embedding,
                 label,
@@ -139,6 +139,7 @@ impl Engine {
                     p_knn: decision.p_knn,
                     p_lin: decision.p_lin,
                     predicted: label,
+                    pseudo,
                     model_version: out.model_version,
                 },
                 Instant::now(),
@@ -156,13 +157,7 @@ impl Engine {
     }
 
     /// Cold start, the temporal vote, or the fallback for one row.
-    fn decide(
-        &self,
-        model: &crate::model::Mlp,
-        features: &[f32],
-        p_model: &[f32],
-        embedding: &[f32],
-    ) -> Decision {
+    fn decide(&self, features: &[f32], p_model: &[f32], embedding: &[f32]) -> Decision {
         let model_only = |path| Decision {
             probs: p_model.to_vec(),
             p_knn: None,
@@ -218,7 +213,7 @@ impl Engine {
             d.neighbors_used = found.neighbors.len();
             return d;
         }
-        let p_lin = self.linear_vote(model, features);
+        let p_lin = self.linear.as_ref().and_then(|l| l.vote(features));
         let mut probs = vec![0.0; p_model.len()];
         blend(
             self.hedge.weights(),
@@ -234,30 +229,9 @@ impl Engine {
         }
     }
 
-    /// The linear voter's distribution for raw `features`, if it is on and the model
-    /// standardises.
-    fn linear_vote(&self, model: &crate::model::Mlp, features: &[f32]) -> Option<Vec<f32>> {
-        let (linear, z) = self.linear_input(model, features)?;
-        linear.predict(&z)
-    }
-
-    /// The linear voter and its input for raw `features` (standardised, bias
-    /// appended); `None` while the voter is off or the model has no standardiser,
-    /// since raw features would swamp it.
-    pub(super) fn linear_input(
-        &self,
-        model: &crate::model::Mlp,
-        features: &[f32],
-    ) -> Option<(&super::linear::LinearVoter, Vec<f32>)> {
-        let linear = self.linear.as_ref()?;
-        if !model.has_norm() {
-            return None;
-        }
-        Some((linear, model.input_key(features)?))
-    }
-
     /// The confidence gate: a confident answer becomes a pseudo-labelled experience
-    /// and an update. Returns whether an update was enqueued.
+    /// and an update. Returns whether the gate admitted it, and whether its update
+    /// was enqueued.
     fn maybe_learn(
         &self,
         features: &[f32],
@@ -266,9 +240,9 @@ impl Engine {
         confidence: f32,
         path: InferPath,
         model_version: u64,
-    ) -> bool {
+    ) -> (bool, bool) {
         if !self.gate.admits(confidence) {
-            return false;
+            return (false, false);
         }
         // Priorities are tiers (label 1.0 > bootstrap > pseudo), not scores: eviction
         // takes the lowest priority, then the oldest, so within a tier the memory
@@ -297,6 +271,6 @@ impl Engine {
             weight: self.config.pseudo_trust * confidence,
             model_version,
         };
-        self.sink.offer(update).is_ok()
+        (true, self.sink.offer(update).is_ok())
     }
 }

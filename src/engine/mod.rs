@@ -62,6 +62,15 @@ pub struct EngineStats {
     pub labels_correct: AtomicU64,
     /// Labelled feedbacks joined to a prediction (the denominator of the above).
     pub labels_scored: AtomicU64,
+    /// Per voter (model, neighbours, linear): joined labels on which it voted, and
+    /// those its own top class got right. Tells an operator which voter earns its
+    /// Hedge weight.
+    pub voter_scored: [AtomicU64; 3],
+    pub voter_correct: [AtomicU64; 3],
+    /// Joined labels whose prediction had become a pseudo-label, and those whose
+    /// pseudo-label was right: the measured precision of the pseudo-labels.
+    pub pseudo_scored: AtomicU64,
+    pub pseudo_correct: AtomicU64,
 }
 
 /// Everything `/v1/status` reports about the engine.
@@ -146,7 +155,7 @@ impl Engine {
             ),
             linear: config.linear_voter.then(|| {
                 let m = model.load();
-                linear::LinearVoter::new(m.input_dim(), m.num_classes(), config.linear_lr)
+                linear::LinearVoter::new(m.input_dim(), m.num_classes())
             }),
             gate: ConfidenceGate::new(
                 config.confidence_threshold,

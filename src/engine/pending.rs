@@ -32,6 +32,8 @@ pub struct PendingPrediction {
     pub p_lin: Option<Vec<f32>>,
     /// The label the server answered.
     pub predicted: u32,
+    /// Whether the answer was learned as a pseudo-label.
+    pub pseudo: bool,
     /// Model version that answered.
     pub model_version: u64,
 }
@@ -176,6 +178,7 @@ mod tests {
             p_knn: None,
             p_lin: None,
             predicted: label,
+            pseudo: false,
             model_version: 0,
         }
     }

@@ -202,6 +202,11 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
     let b = engine.batcher_stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let scored = load(&e.labels_scored);
+    let ratio = |right: &std::sync::atomic::AtomicU64, of: &std::sync::atomic::AtomicU64| {
+        let of = load(of);
+        (of > 0).then(|| load(right) as f64 / of as f64)
+    };
+    let voter_accuracy = |i: usize| ratio(&e.voter_correct[i], &e.voter_scored[i]);
     AppJson(json!({
         "version": crate::VERSION,
         "model_version": s.model_version,
@@ -248,6 +253,12 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
                 "knn": s.weights[crate::engine::KNN],
                 "linear": s.weights[crate::engine::LINEAR],
             },
+            // Each voter's own accuracy on the labels joined while it voted.
+            "accuracy": {
+                "model": voter_accuracy(crate::engine::MODEL),
+                "knn": voter_accuracy(crate::engine::KNN),
+                "linear": voter_accuracy(crate::engine::LINEAR),
+            },
             "breaker": s.breaker.as_str(),
             "drift_active": s.drift_active,
             "drifts": s.drifts,
@@ -263,7 +274,9 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         "labels": {
             "received": load(&e.labels),
             "scored": scored,
-            "accuracy": if scored > 0 { Some(load(&e.labels_correct) as f64 / scored as f64) } else { None },
+            "accuracy": ratio(&e.labels_correct, &e.labels_scored),
+            "pseudo_scored": load(&e.pseudo_scored),
+            "pseudo_precision": ratio(&e.pseudo_correct, &e.pseudo_scored),
         },
         "pending_predictions": s.pending,
         "batcher": {
