@@ -47,6 +47,7 @@ fn engine_with_memory(rt: &tokio::runtime::Runtime, size: usize) -> Arc<Engine> 
                 label: s.label,
                 trust: 1.0,
                 priority: 1.0,
+                origin: None,
             };
             // The insert queue is bounded; back off and retry when it is full.
             let mut experience = Some(experience);

@@ -60,6 +60,7 @@ fn submit_all(memory: &Memory, data: impl IntoIterator<Item = Vec<f32>>) {
             label: 0,
             trust: 1.0,
             priority: 1.0,
+            origin: None,
         };
         while let Err(e) = memory.submit(exp.clone()) {
             // The queue is smaller than a bench load: wait for the indexer.

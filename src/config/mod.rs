@@ -309,8 +309,8 @@ impl Default for EngineConfig {
             hedge_loss: HedgeLoss::ZeroOne,
             linear_voter: true,
             k: 5,
-            neighbor_weight: NeighborWeight::Similarity,
-            half_life: 2000.0,
+            neighbor_weight: NeighborWeight::InverseDistance,
+            half_life: 500.0,
             knn_timeout_us: 5_000,
             breaker_failures: 5,
             breaker_cooldown_ms: 1_000,
@@ -431,7 +431,7 @@ impl Default for MemorySection {
     fn default() -> Self {
         Self {
             capacity: 50_000,
-            max_age: 2_000,
+            max_age: 1_000,
             hnsw_crossover: 0,
             insert_queue: 8_192,
             key: KeyChoice::Auto,

@@ -92,6 +92,10 @@ pub struct WorkerConfig {
     /// replay buffer. When labels are scarce (1 in 10) most of a batch is
     /// pseudo-labels, and one pass over each label learns too little from it.
     pub replay_steps: usize,
+    /// At the server's drift alarm the replay buffer keeps only this many of its most
+    /// recent labels: replaying the old concept slowed recovery after an abrupt drift
+    /// by about `replay_capacity` labels. `replay_capacity` or more turns this off.
+    pub replay_keep_on_drift: usize,
     /// Floor of the running standardiser's update rate; 1/n before that, so early
     /// statistics converge fast and later ones follow drift.
     pub norm_rate: f64,
@@ -136,6 +140,7 @@ impl Default for WorkerConfig {
             replay_capacity: 2_000,
             replay_per_batch: 32,
             replay_steps: 4,
+            replay_keep_on_drift: 50,
             norm_rate: 1e-3,
             heartbeat_ms: 1_000,
             watchdog_interval_ms: 100,

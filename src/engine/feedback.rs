@@ -121,6 +121,7 @@ impl Engine {
             label,
             trust: LABEL_TRUST,
             priority: LABEL_PRIORITY,
+            origin: joined.as_ref().map(|(request_id, _)| *request_id),
         };
         // A full insert queue costs the memory this experience (counted); the label
         // is already in the log, which is what acknowledges it.
@@ -140,13 +141,8 @@ impl Engine {
                     pending.p_lin.as_deref().map(|p| loss(p, y)),
                 ]);
             }
-            let drift = self.gate.observe_label(pending.predicted != label);
-            if drift && self.config.drift_keep > 0 {
-                self.memory.forget_older_than(self.config.drift_keep);
-                tracing::info!(
-                    kept = self.config.drift_keep,
-                    "drift detected: the memory forgets all but its most recent experiences"
-                );
+            if self.gate.observe_label(pending.predicted != label) {
+                self.on_drift();
             }
             let voters = [
                 Some(pending.p_model.as_slice()),
@@ -174,6 +170,29 @@ impl Engine {
         }
         self.stats.labels.fetch_add(1, Ordering::Relaxed);
         Ok(FeedbackReceipt { seq })
+    }
+
+    /// The drift detector alarmed: the memory forgets all but its most recent
+    /// experiences (`drift_keep`), and the worker is told to do the same with its
+    /// replay buffer. The marker is offered like a pseudo-label: if the queue is
+    /// full it is dropped and counted, and the worker's replay merely forgets later.
+    fn on_drift(&self) {
+        if self.config.drift_keep > 0 {
+            self.memory.forget_older_than(self.config.drift_keep);
+        }
+        let marker = Update {
+            kind: UpdateKind::Drift,
+            features: Vec::new(),
+            label: 0,
+            weight: 0.0,
+            model_version: self.model.load().version(),
+        };
+        let told_worker = self.sink.offer(marker).is_ok();
+        tracing::info!(
+            kept = self.config.drift_keep,
+            told_worker,
+            "drift detected: the memory forgets all but its most recent experiences"
+        );
     }
 
     /// A label index or name, checked against the serving model.

@@ -55,6 +55,15 @@ pub struct InferReply {
     pub timings: Timings,
 }
 
+/// What was answered for one row, as the confidence gate sees it.
+struct Answer {
+    request_id: u64,
+    label: u32,
+    confidence: f32,
+    path: InferPath,
+    model_version: u64,
+}
+
 /// The vote's outcome for one row.
 struct Decision {
     probs: Vec<f32>,
@@ -112,14 +121,14 @@ impl Engine {
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
             let request_id = self.next_request_id();
-            let (pseudo, update_enqueued) = self.maybe_learn(
-                &features,
-                embedding,
+            let answer = Answer {
+                request_id,
                 label,
                 confidence,
-                decision.path,
-                out.model_version,
-            );
+                path: decision.path,
+                model_version: out.model_version,
+            };
+            let (pseudo, update_enqueued) = self.maybe_learn(&answer, &features, embedding);
             predictions.push(Prediction {
                 request_id,
                 label,
@@ -232,15 +241,14 @@ impl Engine {
     /// The confidence gate: a confident answer becomes a pseudo-labelled experience
     /// and an update. Returns whether the gate admitted it, and whether its update
     /// was enqueued.
-    fn maybe_learn(
-        &self,
-        features: &[f32],
-        embedding: &[f32],
-        label: u32,
-        confidence: f32,
-        path: InferPath,
-        model_version: u64,
-    ) -> (bool, bool) {
+    fn maybe_learn(&self, answer: &Answer, features: &[f32], embedding: &[f32]) -> (bool, bool) {
+        let &Answer {
+            request_id,
+            label,
+            confidence,
+            path,
+            model_version,
+        } = answer;
         if !self.gate.admits(confidence) {
             return (false, false);
         }
@@ -259,6 +267,7 @@ impl Engine {
             label,
             trust: self.config.pseudo_trust,
             priority,
+            origin: Some(request_id),
         };
         if self.memory.submit(experience).is_err() {
             self.stats.memory_drops.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,11 @@ pub enum UpdateKind {
     Label,
     /// The server's own confident answer: trust `pseudo_trust`.
     Pseudo,
+    /// A marker, not an example (no features, weight 0): the server's drift detector
+    /// alarmed, so the labels before it describe an old concept. The worker keeps
+    /// only its most recent `replay_keep_on_drift` labels for replay, which would
+    /// otherwise keep teaching the old concept for `replay_capacity` labels.
+    Drift,
 }
 
 /// One training update for the worker.

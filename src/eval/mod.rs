@@ -13,7 +13,7 @@
 //! - `score`: accuracy, windows, κ, drift recovery (the same definitions as
 //!   `scripts/quality.py`, which scores River's learners);
 //! - `run`: the replay against our own fresh server or `--url`;
-//! - `report`: `results.json` and `report.html`.
+//! - `report`: `results.json`, `predictions.csv` and `report.html`.
 
 mod report;
 mod run;
@@ -64,7 +64,7 @@ pub struct EvalArgs {
     /// Seed of the fresh model's initialisation
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Directory for results.json, report.html and server.log [default: out/eval/<csv stem>]
+    /// Directory for results.json, predictions.csv, report.html and server.log [default: out/eval/<csv stem>]
     #[arg(long)]
     pub output: Option<PathBuf>,
 }
@@ -124,7 +124,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let outcome = runtime.block_on(run::replay(&args, &stream, &out))?;
     let scores = score::score(&outcome.predicted, &stream.labels, outcome.classes, &drifts);
-    report::write(&out, &args, &outcome, &scores, &drifts)?;
+    report::write(&out, &args, &outcome, &scores, &stream.labels, &drifts)?;
     let recoveries: Vec<String> = scores
         .recoveries
         .iter()

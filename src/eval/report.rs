@@ -1,4 +1,5 @@
-//! `results.json` (the scores, the run's settings, the server's final status) and
+//! `results.json` (the scores, the run's settings, the server's final status),
+//! `predictions.csv` (each prediction beside its label) and
 //! `report.html` (windowed accuracy with the drifts marked).
 
 use std::path::Path;
@@ -17,6 +18,7 @@ pub fn write(
     args: &EvalArgs,
     outcome: &Outcome,
     scores: &Scores,
+    truth: &[u32],
     drifts: &[usize],
 ) -> anyhow::Result<()> {
     let results = json!({
@@ -44,6 +46,15 @@ pub fn write(
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
+
+    // Every prediction beside its label, in stream order, for scores not built in.
+    let mut rows = String::with_capacity(8 * truth.len() + 16);
+    rows.push_str("predicted,label\n");
+    for (p, y) in outcome.predicted.iter().zip(truth) {
+        rows.push_str(&format!("{p},{y}\n"));
+    }
+    let path = dir.join("predictions.csv");
+    std::fs::write(&path, rows).with_context(|| format!("cannot write {}", path.display()))?;
 
     let points = scores
         .windows

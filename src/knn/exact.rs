@@ -471,7 +471,7 @@ mod tests {
             let mut store = Store::new(dim, capacity, max_age);
             let mut evicted = Vec::new();
             for (embedding, p) in rows {
-                let exp = Experience { embedding, features: vec![], label: 0, trust: 1.0, priority: f32::from(p) };
+                let exp = Experience { embedding, features: vec![], label: 0, trust: 1.0, priority: f32::from(p), origin: None };
                 store.insert(exp, &mut evicted);
                 store.expire(&mut evicted);
             }

@@ -70,6 +70,12 @@ pub struct Experience {
     /// Eviction rank: when the buffer is full the lowest priority goes first, then the
     /// oldest.
     pub priority: f32,
+    /// The prediction (its `request_id`) this experience came from, if any. A later
+    /// experience with the same origin, i.e. the client's label for a prediction
+    /// the server had learned as a pseudo-label, supersedes it in place: the guess
+    /// and the truth for one input must not vote twice, nor the guess at all once
+    /// the truth is known. Not kept in snapshots (request ids restart).
+    pub origin: Option<u64>,
 }
 
 /// One search hit.

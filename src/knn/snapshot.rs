@@ -146,6 +146,7 @@ pub fn read(
             priority: f32::from_bits(u32_at(at + 8)),
             embedding: floats(at + 12, d_emb),
             features: floats(at + 12 + 4 * d_emb, d_in),
+            origin: None,
         };
         if e.embedding
             .iter()
@@ -173,6 +174,7 @@ mod tests {
             label: i % 3,
             trust: 0.5,
             priority: 1.0,
+            origin: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //! (`by_priority`: lowest priority, then oldest) and O(log n) id lookups and tail
 //! ranges (`by_id`, ids being insertion ticks).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use super::exact::squared_norm;
@@ -58,6 +58,11 @@ pub(super) struct Store {
     by_id: BTreeMap<u64, u32>,
     /// Eviction order: (priority key, id), lowest first.
     by_priority: BTreeSet<(u32, u64)>,
+    /// Per slot: the experience's origin (see [`Experience::origin`]).
+    origins: Vec<Option<u64>>,
+    /// Origin → slot of the live experiences that have one, so a label can find the
+    /// pseudo-label it supersedes.
+    by_origin: HashMap<u64, u32>,
 }
 
 /// Maps an f32 priority to a u32 whose unsigned order is the float's total order.
@@ -89,6 +94,8 @@ impl Store {
             free: Vec::new(),
             by_id: BTreeMap::new(),
             by_priority: BTreeSet::new(),
+            origins: Vec::with_capacity(capacity),
+            by_origin: HashMap::new(),
         }
     }
 
@@ -237,8 +244,14 @@ impl Store {
     /// Stores `exp` (its embedding already validated: right length, finite, non-zero)
     /// under the next tick, evicting the lowest-priority, oldest experience when full;
     /// the newcomer itself is the one dropped if its priority is the lowest. Evicted
-    /// ids are appended to `evicted`. Returns the new id if it was kept.
+    /// ids are appended to `evicted`. Returns the new id if it was kept. An `exp`
+    /// whose origin a live experience shares supersedes that one instead (same id).
     pub(super) fn insert(&mut self, exp: Experience, evicted: &mut Vec<u64>) -> Option<u64> {
+        if let Some(origin) = exp.origin
+            && let Some(slot) = self.by_origin.remove(&origin)
+        {
+            return Some(self.supersede(slot, &exp));
+        }
         self.clock += 1;
         let id = self.clock;
         let key = priority_key(exp.priority);
@@ -264,6 +277,7 @@ impl Store {
                 self.trusts[s] = exp.trust;
                 self.priorities[s] = exp.priority;
                 self.features[s] = exp.features.into_boxed_slice();
+                self.origins[s] = exp.origin;
                 slot
             }
             None => {
@@ -276,13 +290,33 @@ impl Store {
                 self.trusts.push(exp.trust);
                 self.priorities.push(exp.priority);
                 self.features.push(exp.features.into_boxed_slice());
+                self.origins.push(exp.origin);
                 slot
             }
         };
+        if let Some(origin) = exp.origin {
+            self.by_origin.insert(origin, slot);
+        }
         self.write_blocked(slot as usize);
         self.by_id.insert(id, slot);
         self.by_priority.insert((key, id));
         Some(id)
+    }
+
+    /// Gives the live experience in `slot` the label, trust and priority of `exp`,
+    /// which has the same origin: the same input, so its key and age stay. Returns
+    /// its id.
+    fn supersede(&mut self, slot: u32, exp: &Experience) -> u64 {
+        let s = slot as usize;
+        let id = self.ticks[s];
+        self.by_priority
+            .remove(&(priority_key(self.priorities[s]), id));
+        self.by_priority.insert((priority_key(exp.priority), id));
+        self.labels[s] = exp.label;
+        self.trusts[s] = exp.trust;
+        self.priorities[s] = exp.priority;
+        self.origins[s] = None;
+        id
     }
 
     /// Evicts every experience older than `max_age`: it can never be returned again,
@@ -310,6 +344,9 @@ impl Store {
             .remove(&(priority_key(self.priorities[s]), id));
         self.ticks[s] = FREE;
         self.features[s] = Box::default();
+        if let Some(origin) = self.origins[s].take() {
+            self.by_origin.remove(&origin);
+        }
         self.free.push(slot);
     }
 
@@ -338,6 +375,7 @@ impl Store {
                     label: self.labels[s],
                     trust: self.trusts[s],
                     priority: self.priorities[s],
+                    origin: None,
                 }
             })
             .collect()
@@ -367,6 +405,7 @@ mod tests {
             label: 0,
             trust: 1.0,
             priority,
+            origin: None,
         }
     }
 
@@ -385,6 +424,41 @@ mod tests {
                 w[1]
             );
         }
+    }
+
+    #[test]
+    fn a_label_supersedes_the_pseudo_label_of_its_prediction_in_place() {
+        let mut s = Store::new(2, 2, 0);
+        let mut ev = Vec::new();
+        let guess = |origin| Experience {
+            label: 0,
+            trust: 0.5,
+            priority: 0.5,
+            origin: Some(origin),
+            ..exp(vec![1.0, 0.0], 0.5)
+        };
+        let truth = |origin| Experience {
+            label: 1,
+            trust: 1.0,
+            priority: 1.0,
+            origin: Some(origin),
+            ..exp(vec![1.0, 0.0], 1.0)
+        };
+        assert_eq!(s.insert(guess(7), &mut ev), Some(1));
+        assert_eq!(s.insert(guess(8), &mut ev), Some(2));
+        // The label for request 7 takes over id 1: no new experience, no new tick.
+        assert_eq!(s.insert(truth(7), &mut ev), Some(1));
+        assert_eq!((s.len(), s.clock()), (2, 2));
+        let n = s.neighbor(s.slot_of(1).unwrap(), 1.0);
+        assert_eq!((n.label, n.trust), (1, 1.0));
+        // Its priority moved too: the next eviction takes request 8's guess.
+        s.insert(exp(vec![0.0, 1.0], 0.9), &mut ev);
+        assert_eq!(ev, vec![2]);
+        // A label whose guess was evicted is stored as a new experience, and a second
+        // label with a superseded origin is not merged again.
+        assert_eq!(s.insert(truth(8), &mut ev), Some(4));
+        assert_eq!(s.insert(truth(7), &mut ev), Some(5));
+        assert!(s.by_origin.len() <= s.len(), "{:?}", s.by_origin);
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn exp(embedding: Vec<f32>, label: u32, priority: f32) -> Experience {
         label,
         trust: 1.0,
         priority,
+        origin: None,
     }
 }
 
@@ -469,6 +470,7 @@ fn rekeying_moves_every_key_and_the_graph_is_rebuilt_on_the_new_ones() {
             label: i as u32 % 3,
             trust: 1.0,
             priority: 1.0,
+            origin: None,
         })
         .expect("queued");
     }

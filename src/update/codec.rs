@@ -39,6 +39,7 @@ pub fn encode(update: &Update, out: &mut Vec<u8>) {
     out.push(match update.kind {
         UpdateKind::Label => 0,
         UpdateKind::Pseudo => 1,
+        UpdateKind::Drift => 2,
     });
     out.extend_from_slice(&[0; 3]);
     out.extend_from_slice(&update.label.to_le_bytes());
@@ -60,6 +61,7 @@ pub fn decode(bytes: &[u8]) -> Result<Update, DecodeError> {
     let kind = match bytes[0] {
         0 => UpdateKind::Label,
         1 => UpdateKind::Pseudo,
+        2 => UpdateKind::Drift,
         other => return Err(DecodeError::Kind(other)),
     };
     let declared = u32_at(12) as usize;
@@ -91,10 +93,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(pseudo: bool, label: u32, weight: f32, version: u64,
+        fn round_trips(kind in 0..3u8, label: u32, weight: f32, version: u64,
                        features in proptest::collection::vec(any::<f32>(), 0..64)) {
             let update = Update {
-                kind: if pseudo { UpdateKind::Pseudo } else { UpdateKind::Label },
+                kind: [UpdateKind::Label, UpdateKind::Pseudo, UpdateKind::Drift][kind as usize],
                 features, label, weight, model_version: version,
             };
             let mut bytes = Vec::new();

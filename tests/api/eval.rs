@@ -74,7 +74,41 @@ fn a_fresh_server_learns_a_stream_and_recovers_from_its_drift() {
     assert!(r["server_status"]["model_version"].as_u64().unwrap() > 0);
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(report.contains("<svg"), "the report has its plot");
-    assert!(out.join("server.log").exists());
+    // The side swap set off the drift detector, and its marker reached the real
+    // worker, whose replay buffer forgot the old sides.
+    assert!(
+        r["server_status"]["vote"]["drifts"].as_u64().unwrap() >= 1,
+        "{r:#}"
+    );
+    let log = std::fs::read_to_string(out.join("server.log")).unwrap();
+    assert!(
+        log.contains("drift marker: the replay buffer forgets"),
+        "{log}"
+    );
+    // predictions.csv holds every prediction beside its label, and agrees with the
+    // accuracy reported.
+    let rows = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    let mut lines = rows.lines();
+    assert_eq!(lines.next(), Some("predicted,label"));
+    let pairs: Vec<(u32, u32)> = lines
+        .map(|l| {
+            let (p, y) = l.split_once(',').unwrap();
+            (p.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(pairs.len(), 2000);
+    let right = pairs.iter().filter(|(p, y)| p == y).count();
+    assert!((right as f64 / 2000.0 - accuracy).abs() < 1e-9, "{right}");
+    // The server reports each voter's accuracy and the precision of its
+    // pseudo-labels, both measured on the labels it was sent.
+    let status = &r["server_status"];
+    for voter in ["model", "knn", "linear"] {
+        let a = status["vote"]["accuracy"][voter].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{voter}: {status:#}");
+    }
+    let precision = status["labels"]["pseudo_precision"].as_f64().unwrap();
+    assert!(precision > 0.8, "{status:#}");
+    assert!(status["labels"]["pseudo_scored"].as_u64().unwrap() > 0);
 }
 
 #[test]

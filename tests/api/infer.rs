@@ -203,3 +203,68 @@ async fn health_endpoints_answer() {
     assert_eq!(body["error_type"], "not_found");
     server.stop().await.unwrap();
 }
+
+/// Polls until the memory has applied everything it accepted; returns the status.
+async fn settled_memory(server: &TestServer) -> Value {
+    for _ in 0..400 {
+        let s = server.status().await;
+        if s["memory"]["pending"] == 0 {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the memory never settled: {}", server.status().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_takes_over_the_pseudo_label_of_its_prediction_in_memory() {
+    // Every answer becomes a pseudo-label (threshold 0), and one experience ends the
+    // cold start.
+    let server = TestServer::start_with(|c| {
+        c.engine.confidence_threshold = 0.0;
+        c.engine.cold_start_threshold = 1;
+    })
+    .await;
+    let (x, _) = sample(1);
+    let p = &server.infer(json!([x])).await["predictions"][0];
+    assert_eq!(p["update_enqueued"], true, "{p}");
+    server.wait_experiences(1).await;
+    // The client's label, the other class than the guess: the memory keeps one
+    // experience for this input, now with the client's label, not two that disagree.
+    let guess = p["label"].as_u64().unwrap();
+    let truth = (guess + 1) % 4;
+    let r = client()
+        .post(server.url("/v1/feedback"))
+        .json(&json!({"request_id": p["request_id"], "label": truth}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let s = settled_memory(&server).await;
+    assert_eq!(s["experiences"], 1, "{s}");
+    assert_eq!(s["labels"]["pseudo_scored"], 1, "{s}");
+    assert_eq!(
+        s["labels"]["pseudo_precision"], 0.0,
+        "the guess was wrong: {s}"
+    );
+    // The neighbours vote now.
+    let again = &server.infer(json!([x])).await["predictions"][0];
+    assert!(again["neighbors_used"].as_u64().unwrap() >= 1, "{again}");
+    let s = settled_memory(&server).await;
+    // A labelled example sent whole has no prediction to take over: it is added.
+    let (y, label) = sample(2);
+    let r = client()
+        .post(server.url("/v1/feedback"))
+        .json(&json!({"features": y, "label": label}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let after = settled_memory(&server).await;
+    assert_eq!(
+        after["experiences"].as_u64().unwrap(),
+        s["experiences"].as_u64().unwrap() + 1,
+        "{after}"
+    );
+    server.stop().await.unwrap();
+}

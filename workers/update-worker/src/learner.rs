@@ -67,6 +67,8 @@ pub struct Learner {
     pub steps: u64,
     /// Updates refused as not fitting the model (wrong width or label).
     pub refused: u64,
+    /// Drift markers seen.
+    pub drifts: u64,
 }
 
 impl Learner {
@@ -108,6 +110,7 @@ impl Learner {
             trained_through,
             steps: 0,
             refused: 0,
+            drifts: 0,
             settings,
         })
     }
@@ -121,6 +124,20 @@ impl Learner {
     /// counted and skipped (the server checks them, so this means a model change).
     pub fn add(&mut self, seq: u64, update: Update) {
         self.batch_seq = seq;
+        if update.kind == UpdateKind::Drift {
+            let stale = self
+                .replay
+                .len()
+                .saturating_sub(self.settings.replay_keep_on_drift);
+            self.replay.drain(..stale);
+            self.drifts += 1;
+            tracing::info!(
+                seq,
+                forgot = stale,
+                "drift marker: the replay buffer forgets the old concept"
+            );
+            return;
+        }
         let fits = update.features.len() == self.input_dim
             && (update.label as usize) < self.num_classes
             && update.features.iter().all(|v| v.is_finite())
@@ -210,5 +227,55 @@ impl Learner {
     pub fn snapshot(&mut self, version: u64) -> anyhow::Result<Mlp> {
         self.trainer.set_version(version, Default::default());
         self.trainer.to_mlp().context("snapshotting the weights")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(i: u32) -> Update {
+        Update {
+            kind: UpdateKind::Label,
+            features: vec![i as f32, 1.0],
+            label: i % 2,
+            weight: 1.0,
+            model_version: 0,
+        }
+    }
+
+    #[test]
+    fn a_drift_marker_keeps_only_the_most_recent_labels_for_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        adaptserve::model::init_model(2, 2, &[4], 1, dir.path()).unwrap();
+        let model = Mlp::load(dir.path()).unwrap();
+        let settings = WorkerConfig {
+            replay_keep_on_drift: 5,
+            ..WorkerConfig::default()
+        };
+        let mut learner = Learner::new(&model, settings, 0).unwrap();
+        for i in 1..=20 {
+            learner.add(u64::from(i), label(i));
+        }
+        learner.train().unwrap();
+        assert_eq!(learner.replay.len(), 20);
+        let marker = Update {
+            kind: UpdateKind::Drift,
+            features: Vec::new(),
+            label: 0,
+            weight: 0.0,
+            model_version: 0,
+        };
+        learner.add(21, marker);
+        let kept: Vec<f32> = learner.replay.iter().map(|(x, _)| x[0]).collect();
+        assert_eq!(kept, vec![16.0, 17.0, 18.0, 19.0, 20.0]);
+        assert_eq!(
+            (learner.drifts, learner.refused, learner.batch_len()),
+            (1, 0, 0)
+        );
+        // The marker is accounted for like any update: training past it moves the
+        // learned sequence number on.
+        learner.train().unwrap();
+        assert_eq!(learner.trained_through, 21);
     }
 }
