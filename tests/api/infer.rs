@@ -204,18 +204,6 @@ async fn health_endpoints_answer() {
     server.stop().await.unwrap();
 }
 
-/// Polls until the memory has applied everything it accepted; returns the status.
-async fn settled_memory(server: &TestServer) -> Value {
-    for _ in 0..400 {
-        let s = server.status().await;
-        if s["memory"]["pending"] == 0 {
-            return s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the memory never settled: {}", server.status().await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_takes_over_the_pseudo_label_of_its_prediction_in_memory() {
     // Every answer becomes a pseudo-label (threshold 0), and one experience ends the
@@ -240,7 +228,7 @@ async fn a_label_takes_over_the_pseudo_label_of_its_prediction_in_memory() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let s = settled_memory(&server).await;
+    let s = server.wait_memory_settled().await;
     assert_eq!(s["experiences"], 1, "{s}");
     assert_eq!(s["labels"]["pseudo_scored"], 1, "{s}");
     assert_eq!(
@@ -250,7 +238,7 @@ async fn a_label_takes_over_the_pseudo_label_of_its_prediction_in_memory() {
     // The neighbours vote now.
     let again = &server.infer(json!([x])).await["predictions"][0];
     assert!(again["neighbors_used"].as_u64().unwrap() >= 1, "{again}");
-    let s = settled_memory(&server).await;
+    let s = server.wait_memory_settled().await;
     // A labelled example sent whole has no prediction to take over: it is added.
     let (y, label) = sample(2);
     let r = client()
@@ -260,7 +248,7 @@ async fn a_label_takes_over_the_pseudo_label_of_its_prediction_in_memory() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let after = settled_memory(&server).await;
+    let after = server.wait_memory_settled().await;
     assert_eq!(
         after["experiences"].as_u64().unwrap(),
         s["experiences"].as_u64().unwrap() + 1,

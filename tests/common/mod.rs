@@ -123,6 +123,19 @@ impl TestServer {
         );
     }
 
+    /// Polls `/v1/status` until the memory has applied every experience it accepted;
+    /// returns that status.
+    pub async fn wait_memory_settled(&self) -> serde_json::Value {
+        for _ in 0..400 {
+            let status = self.status().await;
+            if status["memory"]["pending"] == 0 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the memory never settled: {}", self.status().await);
+    }
+
     /// `POST /v1/infer {"inputs": inputs}`; panics unless it answers 200, and returns
     /// the reply.
     pub async fn infer(&self, inputs: serde_json::Value) -> serde_json::Value {
