@@ -175,7 +175,8 @@ impl Engine {
     /// The drift detector alarmed: the memory forgets all but its most recent
     /// experiences (`drift_keep`), and the worker is told to do the same with its
     /// replay buffer. The marker is offered like a pseudo-label: if the queue is
-    /// full it is dropped and counted, and the worker's replay merely forgets later.
+    /// full it is dropped and counted (`updates.refused`), and the worker's replay
+    /// ages the old concept out over `replay_capacity` labels instead.
     fn on_drift(&self) {
         if self.config.drift_keep > 0 {
             self.memory.forget_older_than(self.config.drift_keep);

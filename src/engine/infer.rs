@@ -116,7 +116,10 @@ impl Engine {
             let p_model = &out.probs[i * k..(i + 1) * k];
             let embedding = &out.embeddings[i * e..(i + 1) * e];
             let vote_started = Instant::now();
-            let decision = self.decide(&features, p_model, embedding);
+            // The linear voter sees every row, whichever path answers it, so its
+            // standardiser counts all traffic.
+            let p_lin = self.linear.as_ref().and_then(|l| l.vote(&features));
+            let decision = self.decide(p_model, embedding, p_lin);
             knn_us += vote_started.elapsed().as_micros() as u64;
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
@@ -165,8 +168,9 @@ impl Engine {
         })
     }
 
-    /// Cold start, the temporal vote, or the fallback for one row.
-    fn decide(&self, features: &[f32], p_model: &[f32], embedding: &[f32]) -> Decision {
+    /// Cold start, the temporal vote, or the fallback for one row; `p_lin`, the linear
+    /// voter's answer, counts only in the vote.
+    fn decide(&self, p_model: &[f32], embedding: &[f32], p_lin: Option<Vec<f32>>) -> Decision {
         let model_only = |path| Decision {
             probs: p_model.to_vec(),
             p_knn: None,
@@ -222,7 +226,6 @@ impl Engine {
             d.neighbors_used = found.neighbors.len();
             return d;
         }
-        let p_lin = self.linear.as_ref().and_then(|l| l.vote(features));
         let mut probs = vec![0.0; p_model.len()];
         blend(
             self.hedge.weights(),

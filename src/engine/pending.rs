@@ -32,7 +32,8 @@ pub struct PendingPrediction {
     pub p_lin: Option<Vec<f32>>,
     /// The label the server answered.
     pub predicted: u32,
-    /// Whether the answer was learned as a pseudo-label.
+    /// Whether the confidence gate admitted the answer as a pseudo-label (its
+    /// experience or update may still have been dropped by a full queue).
     pub pseudo: bool,
     /// Model version that answered.
     pub model_version: u64,

@@ -56,8 +56,9 @@ pub struct SinkStats {
     pub applied: u64,
     /// Updates the ring could not carry (they stay in the WAL and are replayed).
     pub dropped: u64,
-    /// Updates refused before reaching the log (queue full): pseudo-labels only,
-    /// since a refused feedback is answered 429 rather than acknowledged.
+    /// Updates refused before reaching the log (queue full): pseudo-labels and drift
+    /// markers only, since a refused feedback is answered 429 rather than
+    /// acknowledged.
     pub refused: u64,
 }
 

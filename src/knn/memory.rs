@@ -42,9 +42,11 @@ pub struct MemoryStats {
     pub dropped_inserts: u64,
     /// Graphs rebuilt because of tombstones (the first build is not counted).
     pub rebuilds: u64,
-    /// The memory's clock: experiences inserted so far.
+    /// The memory's clock: experiences inserted so far (a label that took over its
+    /// pseudo-label in place is not a new one).
     pub tick: u64,
-    /// Experiences taken into the store (equal to `tick`, the clock counts them).
+    /// Experiences taken into the store as new rows (equal to `tick`, the clock
+    /// counts them).
     pub inserted_total: u64,
     /// Experiences evicted for capacity or age (including newcomers whose priority was
     /// the lowest of a full store).

@@ -60,7 +60,7 @@ pub(super) struct Store {
     by_priority: BTreeSet<(u32, u64)>,
     /// Per slot: the experience's origin (see [`Experience::origin`]).
     origins: Vec<Option<u64>>,
-    /// Origin → slot of the live experiences that have one, so a label can find the
+    /// Origin → slot of the live pseudo-labels that have one, so a label can find the
     /// pseudo-label it supersedes.
     by_origin: HashMap<u64, u32>,
 }
@@ -245,10 +245,13 @@ impl Store {
     /// under the next tick, evicting the lowest-priority, oldest experience when full;
     /// the newcomer itself is the one dropped if its priority is the lowest. Evicted
     /// ids are appended to `evicted`. Returns the new id if it was kept. An `exp`
-    /// whose origin a live experience shares supersedes that one instead (same id).
+    /// whose origin a live, unexpired pseudo-label shares supersedes that one instead
+    /// (same id): one already expired (past `max_age`, or forgotten after a drift but
+    /// not yet freed) would take the label down with it.
     pub(super) fn insert(&mut self, exp: Experience, evicted: &mut Vec<u64>) -> Option<u64> {
         if let Some(origin) = exp.origin
             && let Some(slot) = self.by_origin.remove(&origin)
+            && self.ticks[slot as usize] >= self.min_tick()
         {
             return Some(self.supersede(slot, &exp));
         }
@@ -294,7 +297,10 @@ impl Store {
                 slot
             }
         };
-        if let Some(origin) = exp.origin {
+        // Only a pseudo-label (trust below 1) can be superseded: a label is final.
+        if let Some(origin) = exp.origin
+            && exp.trust < 1.0
+        {
             self.by_origin.insert(origin, slot);
         }
         self.write_blocked(slot as usize);
@@ -458,7 +464,41 @@ mod tests {
         // label with a superseded origin is not merged again.
         assert_eq!(s.insert(truth(8), &mut ev), Some(4));
         assert_eq!(s.insert(truth(7), &mut ev), Some(5));
-        assert!(s.by_origin.len() <= s.len(), "{:?}", s.by_origin);
+        // Labels are final: only pseudo-labels can be found by origin, and every entry
+        // points at a live row of that origin.
+        assert!(s.by_origin.is_empty(), "{:?}", s.by_origin);
+        s.insert(guess(9), &mut ev);
+        for (origin, &slot) in &s.by_origin {
+            assert_eq!(s.origins[slot as usize], Some(*origin));
+            assert!(s.ticks[slot as usize] >= s.min_tick());
+        }
+    }
+
+    #[test]
+    fn a_label_does_not_take_over_a_forgotten_pseudo_label() {
+        // After a drift the floor moves at once, but forgotten rows are freed only by
+        // the next expire: a label arriving in between must be stored anew, or the
+        // expire would take it down with the row it merged into.
+        let mut s = Store::new(2, 10, 0);
+        let mut ev = Vec::new();
+        let guess = Experience {
+            trust: 0.5,
+            priority: 0.5,
+            origin: Some(7),
+            ..exp(vec![1.0, 0.0], 0.5)
+        };
+        assert_eq!(s.insert(guess, &mut ev), Some(1));
+        s.forget_before(s.clock() + 1);
+        let truth = Experience {
+            label: 1,
+            origin: Some(7),
+            ..exp(vec![1.0, 0.0], 1.0)
+        };
+        assert_eq!(s.insert(truth, &mut ev), Some(2));
+        s.expire(&mut ev);
+        assert_eq!(ev, vec![1]);
+        let n = s.neighbor(s.slot_of(2).expect("the label survives"), 1.0);
+        assert_eq!(n.label, 1);
     }
 
     #[test]
