@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::vote::{argmax, loss, zero_one_loss};
+use super::vote::{KNN, argmax, loss, zero_one_loss};
 use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
 use crate::config::HedgeLoss;
 use crate::knn::Experience;
@@ -130,25 +130,22 @@ impl Engine {
         }
         if let Some((_, pending)) = joined {
             let y = label as usize;
-            if let Some(p_knn) = &pending.p_knn {
-                let loss = match self.config.hedge_loss {
-                    HedgeLoss::ZeroOne => zero_one_loss,
-                    HedgeLoss::Absolute => loss,
-                };
-                self.hedge.update([
-                    Some(loss(&pending.p_model, y)),
-                    Some(loss(p_knn, y)),
-                    pending.p_lin.as_deref().map(|p| loss(p, y)),
-                ]);
-            }
-            if self.gate.observe_label(pending.predicted != label) {
-                self.on_drift();
-            }
+            // The voters that voted on this prediction, in Hedge's order.
             let voters = [
                 Some(pending.p_model.as_slice()),
                 pending.p_knn.as_deref(),
                 pending.p_lin.as_deref(),
             ];
+            if voters[KNN].is_some() {
+                let loss = match self.config.hedge_loss {
+                    HedgeLoss::ZeroOne => zero_one_loss,
+                    HedgeLoss::Absolute => loss,
+                };
+                self.hedge.update(voters.map(|p| p.map(|p| loss(p, y))));
+            }
+            if self.gate.observe_label(pending.predicted != label) {
+                self.on_drift();
+            }
             for (i, p) in voters.iter().enumerate() {
                 if let Some(p) = p {
                     self.stats.voter_scored[i].fetch_add(1, Ordering::Relaxed);

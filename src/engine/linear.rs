@@ -157,31 +157,27 @@ impl Learner {
         )
     }
 
-    /// Scores the prediction for `label`, then takes one step on its cross-entropy.
-    /// A step that would make a weight non-finite is not taken.
+    /// Scores the prediction for `label`, then takes one step on its cross-entropy, in
+    /// place. `z` is finite and clamped to ±[`Z_LIMIT`], so every step is bounded
+    /// (at most `0.05 × Z_LIMIT` for SGD, the step size for AdaGrad) and the weights
+    /// stay finite.
     fn learn(&mut self, z: &[f32], label: usize, decay: f32) {
         let p = self.predict(z);
         self.loss = self.loss * decay - p[label].max(MIN_PROB).ln();
-        let mut weights = self.weights.clone();
-        let mut grad_sq = self.grad_sq.clone();
         for (c, pc) in p.iter().enumerate() {
             let g = pc - if c == label { 1.0 } else { 0.0 };
             let span = c * z.len()..(c + 1) * z.len();
-            for (j, (w, x)) in weights[span.clone()].iter_mut().zip(z).enumerate() {
+            for (j, (w, x)) in self.weights[span.clone()].iter_mut().zip(z).enumerate() {
                 let grad = g * x;
                 *w -= match self.step {
                     Step::Sgd(lr) => lr * grad,
                     Step::AdaGrad(lr) => {
-                        let acc = &mut grad_sq[span.start + j];
+                        let acc = &mut self.grad_sq[span.start + j];
                         *acc += grad * grad;
                         lr * grad / (acc.sqrt() + ADAGRAD_EPS)
                     }
                 };
             }
-        }
-        if weights.iter().chain(&grad_sq).all(|v| v.is_finite()) {
-            self.weights = weights;
-            self.grad_sq = grad_sq;
         }
     }
 }
@@ -258,6 +254,10 @@ impl LinearVoter {
             state.standardiser.observe(x);
         }
         let z = state.standardiser.standardise(x);
+        if !z.iter().all(|v| v.is_finite()) {
+            // Only non-finite features could get here; the engine refuses them first.
+            return;
+        }
         let decay = 0.5f32.powf(1.0 / LOSS_HALF_LIFE);
         for learner in &mut state.learners {
             learner.learn(&z, label, decay);

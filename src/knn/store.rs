@@ -58,7 +58,8 @@ pub(super) struct Store {
     by_id: BTreeMap<u64, u32>,
     /// Eviction order: (priority key, id), lowest first.
     by_priority: BTreeSet<(u32, u64)>,
-    /// Per slot: the experience's origin (see [`Experience::origin`]).
+    /// Per slot: the origin of a pseudo-label, by which a label can find it (see
+    /// [`Experience::origin`]); `None` for everything else.
     origins: Vec<Option<u64>>,
     /// Origin → slot of the live pseudo-labels that have one, so a label can find the
     /// pseudo-label it supersedes.
@@ -270,6 +271,8 @@ impl Store {
             self.remove(lowest_id);
             evicted.push(lowest_id);
         }
+        // Only a pseudo-label (trust below 1) can be superseded: a label is final.
+        let findable = exp.origin.filter(|_| exp.trust < 1.0);
         let inv_norm = 1.0 / squared_norm(&exp.embedding).sqrt();
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -280,7 +283,7 @@ impl Store {
                 self.trusts[s] = exp.trust;
                 self.priorities[s] = exp.priority;
                 self.features[s] = exp.features.into_boxed_slice();
-                self.origins[s] = exp.origin;
+                self.origins[s] = findable;
                 slot
             }
             None => {
@@ -293,14 +296,11 @@ impl Store {
                 self.trusts.push(exp.trust);
                 self.priorities.push(exp.priority);
                 self.features.push(exp.features.into_boxed_slice());
-                self.origins.push(exp.origin);
+                self.origins.push(findable);
                 slot
             }
         };
-        // Only a pseudo-label (trust below 1) can be superseded: a label is final.
-        if let Some(origin) = exp.origin
-            && exp.trust < 1.0
-        {
+        if let Some(origin) = findable {
             self.by_origin.insert(origin, slot);
         }
         self.write_blocked(slot as usize);
