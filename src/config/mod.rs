@@ -256,6 +256,10 @@ pub struct EngineConfig {
     /// is learned faster this way than by the mini-batched network. Its standardiser
     /// and step size are its own (`src/engine/linear.rs`).
     pub linear_voter: bool,
+    /// A fourth voter: an online random forest of Hoeffding trees on the raw input,
+    /// trained on every label; it wins where classes follow axis-aligned rules
+    /// (`src/engine/forest.rs`).
+    pub forest_voter: bool,
     /// Neighbours consulted per vote.
     pub k: usize,
     /// How closeness turns into vote weight: `similarity` (the cosine, negatives
@@ -308,6 +312,7 @@ impl Default for EngineConfig {
             hedge_floor: 0.05,
             hedge_loss: HedgeLoss::ZeroOne,
             linear_voter: true,
+            forest_voter: true,
             k: 5,
             neighbor_weight: NeighborWeight::InverseDistance,
             half_life: 500.0,

@@ -115,6 +115,10 @@ impl Engine {
         if let Some(linear) = &self.linear {
             linear.learn(&features, label as usize, joined.is_some());
         }
+        // So does the forest (ten root-to-leaf walks and leaf updates).
+        if let Some(forest) = &self.forest {
+            forest.learn(&features, label as usize);
+        }
         let experience = Experience {
             embedding,
             features,
@@ -135,6 +139,7 @@ impl Engine {
                 Some(pending.p_model.as_slice()),
                 pending.p_knn.as_deref(),
                 pending.p_lin.as_deref(),
+                pending.p_forest.as_deref(),
             ];
             if voters[KNN].is_some() {
                 let loss = match self.config.hedge_loss {

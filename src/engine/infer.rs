@@ -69,6 +69,7 @@ struct Decision {
     probs: Vec<f32>,
     p_knn: Option<Vec<f32>>,
     p_lin: Option<Vec<f32>>,
+    p_forest: Option<Vec<f32>>,
     path: InferPath,
     neighbors_used: usize,
 }
@@ -119,7 +120,7 @@ impl Engine {
             // The linear voter sees every row, whichever path answers it, so its
             // standardiser counts all traffic.
             let p_lin = self.linear.as_ref().and_then(|l| l.vote(&features));
-            let decision = self.decide(p_model, embedding, p_lin);
+            let decision = self.decide(p_model, embedding, p_lin, &features);
             knn_us += vote_started.elapsed().as_micros() as u64;
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
@@ -150,6 +151,7 @@ impl Engine {
                     p_model: p_model.to_vec(),
                     p_knn: decision.p_knn,
                     p_lin: decision.p_lin,
+                    p_forest: decision.p_forest,
                     predicted: label,
                     pseudo,
                     model_version: out.model_version,
@@ -169,12 +171,19 @@ impl Engine {
     }
 
     /// Cold start, the temporal vote, or the fallback for one row; `p_lin`, the linear
-    /// voter's answer, counts only in the vote.
-    fn decide(&self, p_model: &[f32], embedding: &[f32], p_lin: Option<Vec<f32>>) -> Decision {
+    /// voter's answer, counts only in the vote, and the forest is asked only there.
+    fn decide(
+        &self,
+        p_model: &[f32],
+        embedding: &[f32],
+        p_lin: Option<Vec<f32>>,
+        features: &[f32],
+    ) -> Decision {
         let model_only = |path| Decision {
             probs: p_model.to_vec(),
             p_knn: None,
             p_lin: None,
+            p_forest: None,
             path,
             neighbors_used: 0,
         };
@@ -226,16 +235,23 @@ impl Engine {
             d.neighbors_used = found.neighbors.len();
             return d;
         }
+        let p_forest = self.forest.as_ref().and_then(|f| f.vote(features));
         let mut probs = vec![0.0; p_model.len()];
         blend(
             self.hedge.weights(),
-            [Some(p_model), Some(&p_knn), p_lin.as_deref()],
+            [
+                Some(p_model),
+                Some(&p_knn),
+                p_lin.as_deref(),
+                p_forest.as_deref(),
+            ],
             &mut probs,
         );
         Decision {
             probs,
             p_knn: Some(p_knn),
             p_lin,
+            p_forest,
             path: InferPath::Ensemble,
             neighbors_used: found.neighbors.len(),
         }

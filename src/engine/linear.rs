@@ -190,11 +190,38 @@ struct State {
 }
 
 impl State {
+    /// The rule with the lowest recent loss.
+    #[cfg(test)]
     fn leader(&self) -> &Learner {
         self.learners
             .iter()
             .min_by(|a, b| a.loss.total_cmp(&b.loss))
             .expect("STEPS is not empty")
+    }
+
+    /// The rules' predictions mixed with weights `exp(−loss)`: the Bayes mixture
+    /// under log loss, which trails the best rule by at most `ln |STEPS|` nats over
+    /// the (discounted) stream. Early on, with little to tell the rules apart, it
+    /// averages them; once one leads by a few nats it answers almost alone.
+    fn mixture(&self, z: &[f32]) -> Vec<f32> {
+        let best = self
+            .learners
+            .iter()
+            .map(|l| l.loss)
+            .fold(f32::INFINITY, f32::min);
+        let mut mixed = vec![0.0; self.learners[0].weights.len() / z.len()];
+        let mut total = 0.0;
+        for learner in &self.learners {
+            let w = (best - learner.loss).exp();
+            total += w;
+            for (m, p) in mixed.iter_mut().zip(learner.predict(z)) {
+                *m += w * p;
+            }
+        }
+        for m in mixed.iter_mut() {
+            *m /= total;
+        }
+        mixed
     }
 }
 
@@ -239,7 +266,7 @@ impl LinearVoter {
             return None;
         }
         let z = state.standardiser.standardise(x);
-        Some(state.leader().predict(&z))
+        Some(state.mixture(&z))
     }
 
     /// Learns `label` for `x` (raw, finite features). `seen` says whether `x` went

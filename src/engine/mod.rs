@@ -14,6 +14,7 @@ mod batcher;
 mod breaker;
 mod error;
 mod feedback;
+mod forest;
 mod gate;
 mod infer;
 mod linear;
@@ -39,7 +40,7 @@ pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
 pub use pending::{PendingMap, PendingPrediction};
 pub use sink::{LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
-pub use vote::{Hedge, KNN, LINEAR, MODEL, argmax, blend, knn_distribution, loss};
+pub use vote::{FOREST, Hedge, KNN, LINEAR, MODEL, VOTERS, argmax, blend, knn_distribution, loss};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
 #[derive(Debug, Default)]
@@ -62,11 +63,11 @@ pub struct EngineStats {
     pub labels_correct: AtomicU64,
     /// Labelled feedbacks joined to a prediction (the denominator of the above).
     pub labels_scored: AtomicU64,
-    /// Per voter (model, neighbours, linear): joined labels on which it voted, and
+    /// Per voter (model, neighbours, linear, forest): joined labels on which it voted, and
     /// those its own top class got right. Tells an operator which voter earns its
     /// Hedge weight.
-    pub voter_scored: [AtomicU64; 3],
-    pub voter_correct: [AtomicU64; 3],
+    pub voter_scored: [AtomicU64; VOTERS],
+    pub voter_correct: [AtomicU64; VOTERS],
     /// Joined labels whose prediction had become a pseudo-label, and those whose
     /// pseudo-label was right: the measured precision of the pseudo-labels.
     pub pseudo_scored: AtomicU64,
@@ -82,8 +83,8 @@ pub struct EngineStatus {
     pub input_dim: usize,
     pub num_classes: usize,
     pub lambda: f32,
-    /// Hedge's weights of the model, the neighbours and the linear voter.
-    pub weights: [f32; 3],
+    /// Hedge's weights of the model, the neighbours, the linear voter and the forest.
+    pub weights: [f32; VOTERS],
     pub breaker: BreakerState,
     pub drift_active: bool,
     pub drifts: u64,
@@ -106,6 +107,8 @@ pub struct Engine {
     hedge: Hedge,
     /// The online linear voter (`engine.linear_voter`).
     linear: Option<linear::LinearVoter>,
+    /// The online random forest voter (`engine.forest_voter`).
+    forest: Option<forest::ForestVoter>,
     gate: ConfidenceGate,
     breaker: CircuitBreaker,
     pending: PendingMap,
@@ -151,11 +154,15 @@ impl Engine {
                 },
                 config.hedge_eta,
                 config.hedge_floor,
-                config.linear_voter,
+                [true, true, config.linear_voter, config.forest_voter],
             ),
             linear: config.linear_voter.then(|| {
                 let m = model.load();
                 linear::LinearVoter::new(m.input_dim(), m.num_classes())
+            }),
+            forest: config.forest_voter.then(|| {
+                let m = model.load();
+                forest::ForestVoter::new(m.input_dim(), m.num_classes())
             }),
             gate: ConfidenceGate::new(
                 config.confidence_threshold,

@@ -30,6 +30,8 @@ pub struct PendingPrediction {
     pub p_knn: Option<Vec<f32>>,
     /// The linear voter's distribution, when it voted.
     pub p_lin: Option<Vec<f32>>,
+    /// The forest's distribution, when it voted.
+    pub p_forest: Option<Vec<f32>>,
     /// The label the server answered.
     pub predicted: u32,
     /// Whether the confidence gate admitted the answer as a pseudo-label (its
@@ -178,6 +180,7 @@ mod tests {
             p_model: vec![1.0],
             p_knn: None,
             p_lin: None,
+            p_forest: None,
             predicted: label,
             pseudo: false,
             model_version: 0,

@@ -1,15 +1,15 @@
-//! The temporal ensemble vote between the model and its neighbours, and the Hedge
-//! rule that sets their mix.
+//! The temporal ensemble vote between the model, its neighbours, the linear voter and
+//! the forest, and the Hedge rule that sets their mix.
 //!
 //! A neighbour's vote is `max(sim, 0) · 0.5^(age / half_life) · trust`: similar,
 //! recent and labelled experiences count most. Age is measured in experiences, not
 //! seconds, so the same stream behaves the same at 10 or 10 000 requests per second.
 //!
-//! The mix `p = λ·p_model + (1−λ)·p_knn` is learned with Hedge (multiplicative
-//! weights) from each voter's loss on *labelled* feedback only: pseudo-labels are the
-//! ensemble's own guesses and would only reinforce it. λ is clamped to
-//! `[floor, 1 − floor]` (fixed share) so that a voter that lost for a long stretch can
-//! win back within a few dozen labels after a drift.
+//! The mix `p = Σ w_i·p_i` over the voters that voted (λ is the model's weight) is
+//! learned with Hedge (multiplicative weights) from each voter's loss on *labelled*
+//! feedback only: pseudo-labels are the ensemble's own guesses and would only
+//! reinforce it. Each weight is kept at or above a floor (fixed share) so that a voter
+//! that lost for a long stretch can win back within a few dozen labels after a drift.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -64,10 +64,13 @@ pub fn knn_distribution(
 pub const MODEL: usize = 0;
 pub const KNN: usize = 1;
 pub const LINEAR: usize = 2;
+pub const FOREST: usize = 3;
+/// How many voters there are.
+pub const VOTERS: usize = 4;
 
 /// Writes the weighted mix of the voters that voted (`Some`) into `out`, their
 /// weights renormalised over those present.
-pub fn blend(weights: [f32; 3], voters: [Option<&[f32]>; 3], out: &mut [f32]) {
+pub fn blend(weights: [f32; VOTERS], voters: [Option<&[f32]>; VOTERS], out: &mut [f32]) {
     out.fill(0.0);
     let total: f32 = weights
         .iter()
@@ -87,42 +90,47 @@ pub fn blend(weights: [f32; 3], voters: [Option<&[f32]>; 3], out: &mut [f32]) {
     }
 }
 
-/// The voters' weights (model, neighbours, linear), learned by Hedge. Reads are
+/// The voters' weights (model, neighbours, linear, forest), learned by Hedge. Reads are
 /// lock-free (the request path); updates, one per labelled feedback, take a short
 /// mutex so read-modify-write stays exact. A reader may see weights from two
 /// adjacent updates mixed, which only shifts a vote by one update's step.
 #[derive(Debug)]
 pub struct Hedge {
     /// The weights as f32 bits; they sum to 1.
-    weights: [AtomicU32; 3],
+    weights: [AtomicU32; VOTERS],
     /// Serialises updates; held only for a few float operations, never across await.
     update: Mutex<()>,
     eta: f32,
     floor: f32,
-    /// Whether the linear voter exists (its weight stays 0 otherwise).
-    linear: bool,
+    /// Which voters exist (an absent one's weight stays 0).
+    enabled: [bool; VOTERS],
 }
 
 impl Hedge {
-    /// The model starts at `model_weight`; the others share the rest equally.
-    pub fn new(model_weight: f32, eta: f32, floor: f32, linear: bool) -> Self {
+    /// The model starts at `model_weight`; the other `enabled` voters share the rest
+    /// equally. The model and the neighbours always exist.
+    pub fn new(model_weight: f32, eta: f32, floor: f32, mut enabled: [bool; VOTERS]) -> Self {
+        enabled[MODEL] = true;
+        enabled[KNN] = true;
         let m = model_weight.clamp(floor, 1.0 - floor);
-        let start = if linear {
-            [m, (1.0 - m) / 2.0, (1.0 - m) / 2.0]
-        } else {
-            [m, 1.0 - m, 0.0]
-        };
+        let others = enabled.iter().filter(|&&e| e).count() as f32 - 1.0;
+        let start: [f32; VOTERS] = std::array::from_fn(|i| match i {
+            MODEL => m,
+            _ if enabled[i] => (1.0 - m) / others,
+            _ => 0.0,
+        });
         Self {
             weights: start.map(|w| AtomicU32::new(w.to_bits())),
             update: Mutex::new(()),
             eta,
             floor,
-            linear,
+            enabled,
         }
     }
 
-    /// The current weights of the model, the neighbours and the linear voter.
-    pub fn weights(&self) -> [f32; 3] {
+    /// The current weights of the model, the neighbours, the linear voter and the
+    /// forest.
+    pub fn weights(&self) -> [f32; VOTERS] {
         std::array::from_fn(|i| f32::from_bits(self.weights[i].load(Ordering::Relaxed)))
     }
 
@@ -135,11 +143,11 @@ impl Hedge {
     /// labelled sample. Absent voters keep their share; the present ones share theirs
     /// by `w·e^(−η·loss)`, each kept at or above the floor (fixed share), so a voter
     /// that lost for a long stretch can win back within a few dozen labels.
-    pub fn update(&self, losses: [Option<f32>; 3]) {
+    pub fn update(&self, losses: [Option<f32>; VOTERS]) {
         let _guard = self.update.lock();
         let mut w = self.weights();
-        let present: Vec<usize> = (0..3)
-            .filter(|&i| losses[i].is_some() && (i != LINEAR || self.linear))
+        let present: Vec<usize> = (0..VOTERS)
+            .filter(|&i| losses[i].is_some() && self.enabled[i])
             .collect();
         if present.len() < 2 {
             return;
@@ -298,8 +306,8 @@ mod tests {
     fn blend_mixes_linearly() {
         let mut out = [0.0; 2];
         blend(
-            [0.25, 0.75, 0.0],
-            [Some(&[1.0, 0.0]), Some(&[0.0, 1.0]), None],
+            [0.25, 0.75, 0.0, 0.0],
+            [Some(&[1.0, 0.0]), Some(&[0.0, 1.0]), None, None],
             &mut out,
         );
         assert_eq!(out, [0.25, 0.75]);
@@ -307,19 +315,23 @@ mod tests {
 
     #[test]
     fn hedge_over_three_voters_follows_the_best_and_spares_the_absent() {
-        let h = Hedge::new(0.5, 0.5, 0.05, true);
-        assert_eq!(h.weights(), [0.5, 0.25, 0.25]);
+        let h = Hedge::new(0.5, 0.5, 0.05, [true, true, true, false]);
+        assert_eq!(h.weights(), [0.5, 0.25, 0.25, 0.0]);
         for _ in 0..50 {
-            h.update([Some(1.0), Some(1.0), Some(0.0)]);
+            h.update([Some(1.0), Some(1.0), Some(0.0), None]);
         }
         let w = h.weights();
         assert!(w[LINEAR] > 0.85, "{w:?}");
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
-        assert!(w.iter().all(|&x| x >= 0.05 - 1e-6), "floor: {w:?}");
+        assert!(
+            w[..FOREST].iter().all(|&x| x >= 0.05 - 1e-6),
+            "floor: {w:?}"
+        );
+        assert_eq!(w[FOREST], 0.0, "no forest, no weight");
         // The linear voter abstains: its share is kept while the other two move.
         let before = h.weights()[LINEAR];
         for _ in 0..20 {
-            h.update([Some(0.0), Some(1.0), None]);
+            h.update([Some(0.0), Some(1.0), None, None]);
         }
         let w = h.weights();
         assert!((w[LINEAR] - before).abs() < 1e-5, "{w:?}");
@@ -330,8 +342,8 @@ mod tests {
     fn blend_renormalises_over_the_voters_present() {
         let mut out = [0.0; 2];
         blend(
-            [0.5, 0.25, 0.25],
-            [Some(&[1.0, 0.0]), None, Some(&[0.0, 1.0])],
+            [0.4, 0.2, 0.2, 0.2],
+            [Some(&[1.0, 0.0]), None, Some(&[0.0, 1.0]), None],
             &mut out,
         );
         assert!((out[0] - 2.0 / 3.0).abs() < 1e-6 && (out[1] - 1.0 / 3.0).abs() < 1e-6);
@@ -339,14 +351,14 @@ mod tests {
 
     #[test]
     fn hedge_moves_towards_the_better_voter_and_respects_the_floor() {
-        let h = Hedge::new(0.5, 0.5, 0.05, false);
+        let h = Hedge::new(0.5, 0.5, 0.05, [true, true, false, false]);
         for _ in 0..10 {
-            h.update([Some(0.9), Some(0.1), None]);
+            h.update([Some(0.9), Some(0.1), None, None]);
         }
         let after_knn_wins = h.lambda();
         assert!(after_knn_wins < 0.1, "λ = {after_knn_wins}");
         for _ in 0..1000 {
-            h.update([Some(1.0), Some(0.0), Some(0.0)]);
+            h.update([Some(1.0), Some(0.0), Some(0.0), None]);
         }
         assert!(
             (h.lambda() - 0.05).abs() < 1e-6,
@@ -357,7 +369,7 @@ mod tests {
         // After a drift the model becomes the better voter: λ recovers quickly.
         let mut steps = 0;
         while h.lambda() < 0.5 {
-            h.update([Some(0.0), Some(1.0), None]);
+            h.update([Some(0.0), Some(1.0), None, None]);
             steps += 1;
         }
         assert!(steps < 20, "recovered in {steps} labels");

@@ -252,12 +252,14 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
                 "model": s.weights[crate::engine::MODEL],
                 "knn": s.weights[crate::engine::KNN],
                 "linear": s.weights[crate::engine::LINEAR],
+                "forest": s.weights[crate::engine::FOREST],
             },
             // Each voter's own accuracy on the labels joined while it voted.
             "accuracy": {
                 "model": voter_accuracy(crate::engine::MODEL),
                 "knn": voter_accuracy(crate::engine::KNN),
                 "linear": voter_accuracy(crate::engine::LINEAR),
+                "forest": voter_accuracy(crate::engine::FOREST),
             },
             "breaker": s.breaker.as_str(),
             "drift_active": s.drift_active,

@@ -102,10 +102,14 @@ fn a_fresh_server_learns_a_stream_and_recovers_from_its_drift() {
     // The server reports each voter's accuracy and the precision of its
     // pseudo-labels, both measured on the labels it was sent.
     let status = &r["server_status"];
-    for voter in ["model", "knn", "linear"] {
+    for voter in ["model", "knn", "linear", "forest"] {
         let a = status["vote"]["accuracy"][voter].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a), "{voter}: {status:#}");
     }
+    // The blobs split on one feature's sign: the forest learns them, and earns a share.
+    let forest = status["vote"]["accuracy"]["forest"].as_f64().unwrap();
+    assert!(forest > 0.8, "{status:#}");
+    assert!(status["vote"]["weights"]["forest"].as_f64().unwrap() >= 0.05);
     let precision = status["labels"]["pseudo_precision"].as_f64().unwrap();
     assert!(precision > 0.8, "{status:#}");
     assert!(status["labels"]["pseudo_scored"].as_u64().unwrap() > 0);
