@@ -6,13 +6,18 @@
 //!
 //! Run: `cargo bench --bench engine`; `BENCH_NO_PSEUDO=1` turns pseudo-labels off and
 //! `BENCH_NO_LINEAR=1` the linear voter, to measure what each costs.
+//!
+//! The memory is filled directly, not through labelled feedback, so in the
+//! `infer_and_adapt` group the linear voter and the forest have no label yet and
+//! abstain. The `voters` group measures them on their own, trained on 5000 labels of
+//! the same stream: one vote (the request path) and one label (the feedback path).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use adaptserve::app::{build_engine, ensure_single_threaded_kernels};
 use adaptserve::config::Config;
-use adaptserve::engine::Engine;
+use adaptserve::engine::{Engine, ForestVoter, LinearVoter};
 use adaptserve::knn::Experience;
 use adaptserve::simulate::stream::SyntheticStream;
 use criterion::{BenchmarkId, Criterion};
@@ -92,6 +97,44 @@ fn bench_engine(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_voters(c: &mut Criterion) {
+    let stream = SyntheticStream::new(Default::default());
+    let first = stream.sample(0);
+    let (dim, classes) = (first.features.len(), stream.config().num_classes);
+    let forest = ForestVoter::new(dim, classes);
+    let linear = LinearVoter::new(dim, classes);
+    for t in 0..5000u64 {
+        let s = stream.sample(t);
+        linear.vote(&s.features);
+        linear.learn(&s.features, s.label as usize, true);
+        forest.learn(&s.features, s.label as usize);
+    }
+    let rows: Vec<_> = (0..4096u64)
+        .map(|i| stream.sample(10_000_000 + i))
+        .collect();
+    let mut group = c.benchmark_group("voters");
+    let mut next = rows.iter().cycle();
+    group.bench_function("forest/vote", |b| {
+        b.iter(|| forest.vote(&next.next().expect("cycle").features))
+    });
+    group.bench_function("forest/learn", |b| {
+        b.iter(|| {
+            let s = next.next().expect("cycle");
+            forest.learn(&s.features, s.label as usize)
+        })
+    });
+    group.bench_function("linear/vote", |b| {
+        b.iter(|| linear.vote(&next.next().expect("cycle").features))
+    });
+    group.bench_function("linear/learn", |b| {
+        b.iter(|| {
+            let s = next.next().expect("cycle");
+            linear.learn(&s.features, s.label as usize, true)
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     ensure_single_threaded_kernels();
     let mut criterion = Criterion::default()
@@ -99,5 +142,6 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     bench_engine(&mut criterion);
+    bench_voters(&mut criterion);
     criterion.final_summary();
 }

@@ -237,7 +237,8 @@ pub struct EngineConfig {
     pub confidence_threshold: f32,
     /// Whether confident answers are learned from at all.
     pub pseudo_labels: bool,
-    /// Vote weight (trust) of a pseudo-label; labelled feedback has trust 1.0.
+    /// Vote weight (trust) of a pseudo-label, labelled feedback having 1.0; its
+    /// update is trained with weight `pseudo_trust × confidence`.
     pub pseudo_trust: f32,
     /// Priority of experiences stored during cold start (they bootstrap the memory).
     pub bootstrap_priority: f32,
@@ -305,7 +306,7 @@ impl Default for EngineConfig {
             cold_start_threshold: 100,
             confidence_threshold: 0.7,
             pseudo_labels: true,
-            pseudo_trust: 0.5,
+            pseudo_trust: 0.3,
             bootstrap_priority: 0.9,
             model_weight: 0.5,
             hedge_eta: 0.2,

@@ -36,8 +36,10 @@ pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThr
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::EngineError;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
+pub use forest::ForestVoter;
 pub use gate::{ConfidenceGate, PageHinkley};
 pub use infer::{InferPath, InferReply, Prediction, Timings};
+pub use linear::LinearVoter;
 pub use pending::{PendingMap, PendingPrediction};
 pub use sink::{LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
 pub use vote::{FOREST, Hedge, KNN, LINEAR, MODEL, VOTERS, argmax, blend, knn_distribution, loss};
