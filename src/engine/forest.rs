@@ -458,7 +458,7 @@ pub struct ForestVoter {
 
 impl ForestVoter {
     pub fn new(input_dim: usize, classes: usize) -> Self {
-        let watched = ((input_dim as f64).sqrt().ceil() as usize).clamp(1, input_dim.max(1));
+        let watched = ((input_dim as f64).sqrt().ceil() as usize).min(input_dim);
         let mut forest = Forest {
             trees: Vec::with_capacity(TREES),
             // Fixed seed: the same stream grows the same forest.
@@ -617,6 +617,10 @@ mod tests {
         v.learn(&[0.1, 0.2, 0.3], 7);
         v.learn(&[f32::NAN, 0.2, 0.3], 0);
         assert_eq!(v.state.lock().labels, 1);
+        // A degenerate shape builds and abstains instead of panicking.
+        let empty = ForestVoter::new(0, 2);
+        empty.learn(&[], 0);
+        assert_eq!(empty.vote(&[]), None);
     }
 
     #[test]
