@@ -23,9 +23,12 @@
 //!   hyperplanes), a large or AdaGrad step wins with few labels or many classes
 //!   (image segments at 1 label in 10); measured on River's streams the spread was up
 //!   to 10 points. So the voter trains one weight set per rule in [`STEPS`] on every
-//!   label and answers with the one whose recent log loss (half-life
-//!   [`LOSS_HALF_LIFE`] labels) is lowest. That costs `|STEPS| × classes × (dim + 1)`
-//!   multiply-adds per label, a few hundred for a typical tabular stream.
+//!   label and answers with their mixture, each weighted by `exp(−loss)` of its
+//!   recent log loss (half-life [`LOSS_HALF_LIFE`] labels): the Bayes mixture of the
+//!   rules, which averages them while they are indistinguishable and follows the
+//!   best once it leads by a few nats. (Answering with the leader alone measured the
+//!   same, within noise.) That costs `|STEPS| × classes × (dim + 1)` multiply-adds
+//!   per vote and per label, a few hundred for a typical tabular stream.
 //!
 //! One mutex guards the lot; it is held for those few hundred flops and never across
 //! an await.
@@ -199,10 +202,9 @@ impl State {
             .expect("STEPS is not empty")
     }
 
-    /// The rules' predictions mixed with weights `exp(−loss)`: the Bayes mixture
-    /// under log loss, which trails the best rule by at most `ln |STEPS|` nats over
-    /// the (discounted) stream. Early on, with little to tell the rules apart, it
-    /// averages them; once one leads by a few nats it answers almost alone.
+    /// The rules' predictions mixed with weights `exp(−loss)` of their discounted log
+    /// losses: with little to tell the rules apart it averages them; once one leads
+    /// by a few nats it answers almost alone.
     fn mixture(&self, z: &[f32]) -> Vec<f32> {
         let best = self
             .learners
