@@ -601,14 +601,7 @@ impl ForestVoter {
 mod tests {
     use super::*;
 
-    /// A deterministic uniform draw in [0, 1).
-    fn draws(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        }
-    }
+    use crate::engine::testing::uniform as draws;
 
     fn argmax32(p: &[f32]) -> usize {
         super::super::vote::argmax(p).0

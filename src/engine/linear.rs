@@ -314,11 +314,8 @@ mod tests {
 
     /// A deterministic uniform draw in [-2, 2).
     fn draws(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-        }
+        let mut next = crate::engine::testing::uniform(seed);
+        move || next() * 4.0 - 2.0
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod infer;
 mod linear;
 mod pending;
 mod sink;
+#[cfg(test)]
+mod testing;
 mod vote;
 
 use std::sync::Arc;
