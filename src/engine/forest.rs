@@ -254,15 +254,33 @@ impl Leaf {
         }
     }
 
-    /// Learns `label` with weight `w`; `scratch` holds `classes` values.
-    fn learn(&mut self, x: &[f32], label: usize, w: f64, scratch: &mut [f64]) {
+    /// Judges both of the leaf's answers, and the one [`Self::predict`] gives, on
+    /// `label` for `x`; `scratch` holds `classes` values.
+    fn judge(&self, x: &[f32], label: usize, scratch: &mut [f64]) -> Verdict {
+        self.majority(scratch);
+        let majority = argmax(scratch) == label;
+        self.bayes(x, scratch);
+        let bayes = argmax(scratch) == label;
+        let answer = if self.bayes_right > self.majority_right {
+            bayes
+        } else {
+            majority
+        };
+        Verdict {
+            majority,
+            bayes,
+            answer,
+        }
+    }
+
+    /// Learns `label` with weight `w`; `verdict` is [`Self::judge`]'s on this `x` and
+    /// `label`, taken before.
+    fn learn(&mut self, x: &[f32], label: usize, w: f64, verdict: Verdict) {
         if self.counts.iter().sum::<f64>() > 0.0 {
-            self.majority(scratch);
-            if argmax(scratch) == label {
+            if verdict.majority {
                 self.majority_right += w;
             }
-            self.bayes(x, scratch);
-            if argmax(scratch) == label {
+            if verdict.bayes {
                 self.bayes_right += w;
             }
         }
@@ -336,6 +354,17 @@ impl Leaf {
     }
 }
 
+/// Which of a leaf's answers were right on a label, judged before it learns it.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    /// The class counts' answer.
+    majority: bool,
+    /// Naive Bayes' answer.
+    bayes: bool,
+    /// The answer the leaf gives (one of the two).
+    answer: bool,
+}
+
 /// A split a leaf could make, and the class weights it would send each way.
 #[derive(Debug)]
 struct Candidate {
@@ -380,47 +409,56 @@ impl Tree {
         }
     }
 
-    /// The index of the leaf `x` falls in.
-    fn leaf_of(&self, x: &[f32]) -> usize {
+    /// The leaf `x` falls in, and its index.
+    fn leaf_of(&self, x: &[f32]) -> (usize, &Leaf) {
         let mut i = 0;
-        while let Node::Split {
-            feature,
-            threshold,
-            left,
-            right,
-        } = &self.nodes[i]
-        {
-            i = if f64::from(x[*feature]) <= *threshold {
-                *left
-            } else {
-                *right
-            };
+        loop {
+            match &self.nodes[i] {
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    i = if f64::from(x[*feature]) <= *threshold {
+                        *left
+                    } else {
+                        *right
+                    };
+                }
+                Node::Leaf(leaf) => return (i, leaf),
+            }
         }
-        i
     }
 
     /// Writes the distribution of the leaf `x` falls in into `out`.
     fn predict(&self, x: &[f32], out: &mut [f64]) {
-        if let Node::Leaf(leaf) = &self.nodes[self.leaf_of(x)] {
-            leaf.predict(x, out);
-        }
+        self.leaf_of(x).1.predict(x, out);
     }
 
-    /// Learns `label` with weight `w` in the leaf `x` falls in, and splits that leaf
-    /// if it has earned it; `watch` draws a new leaf's features.
+    /// The leaf `x` falls in, and its [`Leaf::judge`]ment on `label`: one walk and
+    /// one scoring serve both the tree's drift test and the leaf's learning.
+    fn judge(&self, x: &[f32], label: usize, scratch: &mut [f64]) -> (usize, Verdict) {
+        let (i, leaf) = self.leaf_of(x);
+        (i, leaf.judge(x, label, scratch))
+    }
+
+    /// Learns `label` with weight `w` in leaf `i`, the one `x` falls in, judged by
+    /// `verdict`; splits that leaf if it has earned it. `watch` draws a new leaf's
+    /// features.
     fn learn(
         &mut self,
+        i: usize,
         x: &[f32],
         label: usize,
         w: f64,
-        scratch: &mut [f64],
+        verdict: Verdict,
         watch: &mut impl FnMut() -> Vec<usize>,
     ) {
-        let i = self.leaf_of(x);
         let Node::Leaf(leaf) = &mut self.nodes[i] else {
             return;
         };
-        leaf.learn(x, label, w, scratch);
+        leaf.learn(x, label, w, verdict);
         let total: f64 = leaf.counts.iter().sum();
         if total - leaf.weight_at_attempt < GRACE || self.leaves >= self.max_leaves {
             return;
@@ -569,22 +607,18 @@ impl ForestVoter {
         let mut guard = self.state.lock();
         let forest = &mut *guard;
         for t in 0..forest.trees.len() {
-            forest.trees[t].predict(x, &mut forest.scratch);
-            let wrong = argmax(&forest.scratch) != label;
+            let (mut leaf, mut verdict) = forest.trees[t].judge(x, label, &mut forest.scratch);
+            let wrong = !verdict.answer;
             if forest.labels > 0 && forest.trees[t].detector.observe(f64::from(u8::from(wrong))) {
                 forest.trees[t] = forest.fresh_tree(shape);
                 forest.replaced += 1;
+                (leaf, verdict) = forest.trees[t].judge(x, label, &mut forest.scratch);
             }
             let k = forest.poisson.sample(&mut forest.rng);
             if k >= 1.0 {
-                let Forest {
-                    trees,
-                    rng,
-                    scratch,
-                    ..
-                } = forest;
+                let Forest { trees, rng, .. } = forest;
                 let mut watch = || sample(rng, shape.dim, shape.watched).into_vec();
-                trees[t].learn(x, label, k, scratch, &mut watch);
+                trees[t].learn(leaf, x, label, k, verdict, &mut watch);
             }
         }
         forest.labels += 1;
@@ -602,6 +636,13 @@ mod tests {
     use super::*;
 
     use crate::engine::testing::uniform as draws;
+
+    /// One label of weight 1 for `leaf`, judged first as the forest does.
+    fn teach(leaf: &mut Leaf, x: &[f32], label: usize) {
+        let mut scratch = vec![0.0; leaf.classes()];
+        let verdict = leaf.judge(x, label, &mut scratch);
+        leaf.learn(x, label, 1.0, verdict);
+    }
 
     fn argmax32(p: &[f32]) -> usize {
         super::super::vote::argmax(p).0
@@ -685,14 +726,13 @@ mod tests {
     #[test]
     fn a_pure_leaf_never_splits_and_a_clean_boundary_does() {
         let mut leaf = Leaf::new(vec![0.0, 0.0], vec![0]);
-        let mut scratch = [0.0; 2];
         for i in 0..200 {
-            leaf.learn(&[i as f32 / 200.0], 1, 1.0, &mut scratch);
+            teach(&mut leaf, &[i as f32 / 200.0], 1);
         }
         assert!(leaf.best_split().is_none(), "a pure leaf does not split");
         // Both classes seen, cleanly apart: it splits between them.
         for i in 0..200 {
-            leaf.learn(&[2.0 + i as f32 / 200.0], 0, 1.0, &mut scratch);
+            teach(&mut leaf, &[2.0 + i as f32 / 200.0], 0);
         }
         let split = leaf.best_split().expect("a clean split");
         assert!((1.0..2.0).contains(&split.threshold), "{}", split.threshold);
@@ -704,9 +744,8 @@ mod tests {
         // salary-like scale. Naive Bayes must answer class 1 there: the scale of the
         // feature must not hand the vote to the class without values.
         let mut leaf = Leaf::new(vec![30.0, 1.0], vec![0]);
-        let mut scratch = [0.0; 2];
         for i in 0..60 {
-            leaf.learn(&[45_000.0 + 200.0 * i as f32], 1, 1.0, &mut scratch);
+            teach(&mut leaf, &[45_000.0 + 200.0 * i as f32], 1);
         }
         let mut p = [0.0; 2];
         leaf.bayes(&[50_000.0], &mut p);
