@@ -32,6 +32,14 @@ pub fn applied_seq(model: &Mlp) -> u64 {
         .unwrap_or(0)
 }
 
+/// The version a checkpoint was trained from, when it says.
+pub fn parent_version(model: &Mlp) -> Option<u64> {
+    model
+        .metadata()
+        .get(PARENT_KEY)
+        .and_then(|v| v.parse().ok())
+}
+
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

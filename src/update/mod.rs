@@ -23,5 +23,5 @@ pub mod pipeline;
 pub mod spec;
 pub mod swap;
 
-pub use checkpoints::{Checkpoints, ServingRecord, applied_seq};
+pub use checkpoints::{Checkpoints, ServingRecord, applied_seq, parent_version};
 pub use spec::WorkerSpec;

@@ -10,6 +10,12 @@
 //! old version finish on it), `serving.json` is rewritten, the WAL is truncated below
 //! what the new version has learned and old checkpoints are pruned.
 //!
+//! A rejection restarts the worker, but the restart is not instant: until the old
+//! worker is gone it may publish again, on top of the version just rejected. Such a
+//! descendant carries the rejected change with it, whatever its own KL says (it is
+//! compared with the serving version and may happen to answer the probe alike), so
+//! it is refused by lineage, without a comparison and without a second restart.
+//!
 //! The *settled* sequence number — every update at or below it is either in the
 //! serving weights or was deliberately skipped — is published on a `watch` channel,
 //! which is what the sync barrier waits on.
@@ -21,7 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::checkpoints::{Checkpoints, ServingRecord, applied_seq};
+use super::checkpoints::{Checkpoints, ServingRecord, applied_seq, parent_version};
 use super::pipeline::Pipeline;
 use crate::alerts::{Alerts, Severity};
 use crate::config::SwapConfig;
@@ -62,7 +68,8 @@ pub enum UpdateError {
 pub struct SwapStats {
     /// Versions taken into service.
     pub swaps: AtomicU64,
-    /// Versions rejected by the KL check or failing to load.
+    /// Versions rejected by the KL check, failing to load, or descended from a
+    /// rejected version.
     pub rejections: AtomicU64,
     /// The KL of the last version compared, as f64 bits.
     last_kl: AtomicU64,
@@ -128,6 +135,32 @@ pub struct UpdatePath {
     /// Serialises swaps and rollbacks (an admin-path lock, never on the request path).
     versions: tokio::sync::Mutex<()>,
     stats: SwapStats,
+    /// Recently rejected versions, whose descendants are refused too.
+    rejected: parking_lot::Mutex<Rejected>,
+}
+
+/// How many rejected versions [`Rejected`] remembers. A worker restarted after a
+/// rejection publishes from the serving version, so only the few versions the old
+/// worker published before it died can descend from one.
+const REMEMBERED_REJECTIONS: usize = 64;
+
+/// The rejected versions still able to have descendants in flight.
+#[derive(Debug, Default, Clone)]
+struct Rejected(std::collections::BTreeSet<u64>);
+
+impl Rejected {
+    /// Remembers `version` as rejected, forgetting the oldest beyond the bound.
+    fn insert(&mut self, version: u64) {
+        self.0.insert(version);
+        while self.0.len() > REMEMBERED_REJECTIONS {
+            self.0.pop_first();
+        }
+    }
+
+    /// True when a checkpoint trained from `parent` inherits a rejected change.
+    fn taints(&self, parent: Option<u64>) -> bool {
+        parent.is_some_and(|p| self.0.contains(&p))
+    }
 }
 
 impl UpdatePath {
@@ -144,6 +177,7 @@ impl UpdatePath {
             settled: watch::Sender::new(parts.settled),
             versions: tokio::sync::Mutex::new(()),
             stats: SwapStats::default(),
+            rejected: parking_lot::Mutex::new(Rejected::default()),
         })
     }
 
@@ -200,17 +234,35 @@ impl UpdatePath {
         }
         let (probe, labels) = self.engine.probe(self.config.probe_size);
         let store = self.store.clone();
+        let rejected = self.rejected.lock().clone();
         let compared = tokio::task::spawn_blocking(move || {
             let new = store.load(version)?;
+            if rejected.taints(parent_version(&new)) {
+                return Ok((new, None));
+            }
             let comparison = compare(&old, &new, &probe, &labels)?;
-            Ok::<_, ModelError>((new, comparison))
+            Ok::<_, ModelError>((new, Some(comparison)))
         })
         .await;
         let serving = self.engine.model().version();
         let (new, cmp) = match compared {
-            Ok(Ok(found)) => found,
+            Ok(Ok((new, Some(cmp)))) => (new, cmp),
+            Ok(Ok((new, None))) => {
+                // The worker asked to restart is still publishing on top of a
+                // rejected version; its replacement will learn these updates again.
+                self.rejected.lock().insert(version);
+                self.stats.rejections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    version,
+                    parent = parent_version(&new),
+                    serving,
+                    "refused a new version: it descends from a rejected one (the worker is restarting from the serving version)"
+                );
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::error!(version, error = %e, "a published checkpoint cannot be loaded; rejecting it");
+                self.rejected.lock().insert(version);
                 self.stats.rejections.fetch_add(1, Ordering::Relaxed);
                 self.restart_worker(serving, self.settled()).await;
                 return;
@@ -230,6 +282,7 @@ impl UpdatePath {
         let young = self.engine.started_fresh()
             && self.engine.stats().labels.load(Ordering::Relaxed) < self.config.unguarded_labels;
         if cmp.kl > self.config.kl_reject_threshold && !learned && !young {
+            self.rejected.lock().insert(version);
             self.stats.rejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 version,
@@ -384,5 +437,38 @@ impl UpdatePath {
         };
         self.pipeline.flush().await?;
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descendant_of_a_rejected_version_is_tainted_and_taints_its_own() {
+        let mut rejected = Rejected::default();
+        assert!(!rejected.taints(Some(3)) && !rejected.taints(None));
+        rejected.insert(3);
+        // The old worker's next version was trained from 3; the restarted worker's
+        // first version from the serving one, 2.
+        assert!(rejected.taints(Some(3)));
+        assert!(!rejected.taints(Some(2)));
+        // A checkpoint without provenance cannot be traced, so it is compared.
+        assert!(!rejected.taints(None));
+        // Refusing 4 makes its own descendant 5 refused in turn.
+        rejected.insert(4);
+        assert!(rejected.taints(Some(4)));
+    }
+
+    #[test]
+    fn the_rejected_set_forgets_its_oldest_beyond_the_bound() {
+        let mut rejected = Rejected::default();
+        for v in 1..=(REMEMBERED_REJECTIONS as u64 + 10) {
+            rejected.insert(v);
+        }
+        assert_eq!(rejected.0.len(), REMEMBERED_REJECTIONS);
+        assert!(!rejected.taints(Some(10)));
+        assert!(rejected.taints(Some(11)));
+        assert!(rejected.taints(Some(REMEMBERED_REJECTIONS as u64 + 10)));
     }
 }

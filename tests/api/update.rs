@@ -398,6 +398,15 @@ async fn a_fresh_model_is_not_kl_checked_until_it_has_enough_labels() {
     let model = fresh_model(dir.path());
     // Any move at all is too far, and 20 labels are too few for accuracy to overrule
     // the check: only the fresh-model allowance lets these versions in.
+    // The rows are on a unit scale: on the synthetic stream's raw scales the fresh
+    // model answers one class with probability 1, and a version that learned may
+    // still answer the probe exactly alike (KL 0), which the check rightly lets in.
+    let row = |t: u64| -> (Vec<f32>, u32) {
+        let x = (0..16u64)
+            .map(|j| ((t * 7 + j * 3) % 11) as f32 / 5.0 - 1.0)
+            .collect();
+        (x, (t % 4) as u32)
+    };
     for (unguarded, allowed) in [(1_000u64, true), (0, false)] {
         let server = TestServer::start_with(|c| {
             c.server.model = model.clone();
@@ -409,7 +418,14 @@ async fn a_fresh_model_is_not_kl_checked_until_it_has_enough_labels() {
         .await;
         server.wait_worker().await;
         for t in 0..20 {
-            feedback(&server, t).await;
+            let (features, label) = row(t);
+            let r = client()
+                .post(server.url("/v1/feedback"))
+                .json(&json!({"features": features, "label": label}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
         }
         server.sync().await;
         let status = server.status().await;
