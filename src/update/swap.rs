@@ -14,7 +14,9 @@
 //! worker is gone it may publish again, on top of the version just rejected. Such a
 //! descendant carries the rejected change with it, whatever its own KL says (it is
 //! compared with the serving version and may happen to answer the probe alike), so
-//! it is refused by lineage, without a comparison and without a second restart.
+//! it is refused by lineage, without a comparison and without a second restart. A
+//! rollback treats the version it steps away from the same way: the old worker's
+//! next version, trained from it, would otherwise undo the rollback.
 //!
 //! The *settled* sequence number — every update at or below it is either in the
 //! serving weights or was deliberately skipped — is published on a `watch` channel,
@@ -157,11 +159,48 @@ impl Rejected {
         }
     }
 
+    /// An operator rolled back from `from` to `to`. `to` serves, so what is trained
+    /// from it is learning again, even if it was rejected once. What the old worker
+    /// trains from `from` would undo the rollback if it were swapped in, so that line
+    /// is refused like a rejected one.
+    fn rolled_back(&mut self, from: u64, to: u64) {
+        self.0.remove(&to);
+        if from != to {
+            self.insert(from);
+        }
+    }
+
     /// True when a checkpoint trained from `parent` inherits a rejected change.
     fn taints(&self, parent: Option<u64>) -> bool {
         parent.is_some_and(|p| self.0.contains(&p))
     }
+
+    /// True when `model` descends from a rejected version. The swap task looks only
+    /// at the newest published version, so the versions between it and the serving
+    /// one may never have been considered: their parents are read from the
+    /// checkpoints on disk, back to a version no newer than `serving`. A link that
+    /// is missing (pruned, or no provenance) ends the walk as untainted, and the
+    /// version is compared like any other.
+    fn descends(&self, store: &Checkpoints, model: &Mlp, serving: u64) -> bool {
+        let mut parent = parent_version(model);
+        for _ in 0..MAX_LINEAGE_WALK {
+            let Some(p) = parent else {
+                return false;
+            };
+            if self.taints(Some(p)) {
+                return true;
+            }
+            if p <= serving {
+                return false;
+            }
+            parent = store.load(p).ok().and_then(|m| parent_version(&m));
+        }
+        false
+    }
 }
+
+/// Ancestors [`Rejected::descends`] reads at most.
+const MAX_LINEAGE_WALK: usize = 64;
 
 impl UpdatePath {
     /// Assembles the hub.
@@ -237,7 +276,7 @@ impl UpdatePath {
         let rejected = self.rejected.lock().clone();
         let compared = tokio::task::spawn_blocking(move || {
             let new = store.load(version)?;
-            if rejected.taints(parent_version(&new)) {
+            if rejected.descends(&store, &new, old.version()) {
                 return Ok((new, None));
             }
             let comparison = compare(&old, &new, &probe, &labels)?;
@@ -410,7 +449,9 @@ impl UpdatePath {
             .await
             .map_err(|e| UpdateError::State(e.to_string()))?
             .map_err(|source| UpdateError::Checkpoint { version, source })?;
+        let previous = self.engine.model().version();
         self.engine.swap_model(model);
+        self.rejected.lock().rolled_back(previous, version);
         let floor = self.settled();
         tracing::info!(version, floor, "rolled back");
         self.commit_serving(version, floor).await;
@@ -458,6 +499,50 @@ mod tests {
         // Refusing 4 makes its own descendant 5 refused in turn.
         rejected.insert(4);
         assert!(rejected.taints(Some(4)));
+        // A rollback from 6 to 3 serves 3: its children are learning again, 4 stays
+        // refused, and the old worker's next version, trained from 6, is refused.
+        rejected.rolled_back(6, 3);
+        assert!(!rejected.taints(Some(3)));
+        assert!(rejected.taints(Some(4)));
+        assert!(rejected.taints(Some(6)));
+        // Rolling back to the serving version itself refuses nothing new.
+        rejected.rolled_back(3, 3);
+        assert!(!rejected.taints(Some(3)));
+    }
+
+    fn tiny(seed: u64) -> Mlp {
+        let dir = tempfile::tempdir().unwrap();
+        crate::model::init_model(3, 2, &[4], seed, &dir.path().join("m")).unwrap();
+        Mlp::load(&dir.path().join("m")).unwrap()
+    }
+
+    #[test]
+    fn a_descendant_is_found_through_versions_never_considered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Checkpoints::new(dir.path().join("checkpoints"));
+        let m = tiny(1);
+        store.init(m.config()).unwrap();
+        // Serving 2. The old worker published 3 (rejected), then 4 and 5 on top of
+        // it; the swap task saw only 5. The restarted worker publishes 6 and 7 from 2.
+        for (v, parent) in [(2, 1), (3, 2), (4, 3), (5, 4), (6, 2), (7, 6)] {
+            store.publish(&m, v, parent, v * 10).unwrap();
+        }
+        let mut rejected = Rejected::default();
+        rejected.insert(3);
+        let descends = |v: u64, r: &Rejected| r.descends(&store, &store.load(v).unwrap(), 2);
+        assert!(descends(4, &rejected), "a direct child");
+        assert!(
+            descends(5, &rejected),
+            "through 4, which was never considered"
+        );
+        assert!(
+            !descends(6, &rejected),
+            "the restarted worker's first version"
+        );
+        assert!(!descends(7, &rejected), "through 6, back to the serving 2");
+        // With 4 pruned, 5's line cannot be traced: it is compared instead.
+        std::fs::remove_file(store.dir().join("model-v4.safetensors")).unwrap();
+        assert!(!descends(5, &rejected));
     }
 
     #[test]
