@@ -30,8 +30,8 @@ The table adds one comparison the per-learner recovery cannot make: recovery to 
 shared bar. A learner measured against its own pre-drift level is rewarded for a
 low one (a learner at 0.74 before the drift is "back" as soon as it is at 0.72
 again). So for ours beside HAT, the bar is 2 points under the better of the two
-pre-drift levels, and each is timed to it with the same trailing window; null if
-it never gets there.
+pre-drift levels, and each is timed to it with the same trailing window ("never"
+if it does not get there).
 Only predictions made before their label arrived are scored: every sample is
 predicted once, before any label of it is learned.
 """

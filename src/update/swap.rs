@@ -16,7 +16,9 @@
 //! compared with the serving version and may happen to answer the probe alike), so
 //! it is refused by lineage, without a comparison and without a second restart. A
 //! rollback treats the version it steps away from the same way: the old worker's
-//! next version, trained from it, would otherwise undo the rollback.
+//! next version, trained from it, would otherwise undo the rollback. Ancestry is
+//! traced through the checkpoints on disk; where a link is pruned, the version is
+//! compared like any other.
 //!
 //! The *settled* sequence number — every update at or below it is either in the
 //! serving weights or was deliberately skipped — is published on a `watch` channel,
@@ -141,21 +143,26 @@ pub struct UpdatePath {
     rejected: parking_lot::Mutex<Rejected>,
 }
 
-/// How many rejected versions [`Rejected`] remembers. A worker restarted after a
-/// rejection publishes from the serving version, so only the few versions the old
-/// worker published before it died can descend from one.
+/// How many refused lines [`Rejected`] remembers. A worker restarted after a
+/// rejection or a rollback publishes from the serving version, so only the few
+/// versions the old worker published before it died can descend from an entry; the
+/// newest 64 entries cover many restarts' worth.
 const REMEMBERED_REJECTIONS: usize = 64;
 
-/// The rejected versions still able to have descendants in flight.
+/// The rejected versions (and versions rolled back from) that may still have
+/// descendants in flight, oldest entry first. Kept in the order they were entered,
+/// not by number: a rollback enters the version it left, usually older than every
+/// version rejected since, and it must not be the first one forgotten.
 #[derive(Debug, Default, Clone)]
-struct Rejected(std::collections::BTreeSet<u64>);
+struct Rejected(std::collections::VecDeque<u64>);
 
 impl Rejected {
-    /// Remembers `version` as rejected, forgetting the oldest beyond the bound.
+    /// Remembers `version` as rejected, forgetting the oldest entries beyond the bound.
     fn insert(&mut self, version: u64) {
-        self.0.insert(version);
+        self.0.retain(|&v| v != version);
+        self.0.push_back(version);
         while self.0.len() > REMEMBERED_REJECTIONS {
-            self.0.pop_first();
+            self.0.pop_front();
         }
     }
 
@@ -164,7 +171,7 @@ impl Rejected {
     /// trains from `from` would undo the rollback if it were swapped in, so that line
     /// is refused like a rejected one.
     fn rolled_back(&mut self, from: u64, to: u64) {
-        self.0.remove(&to);
+        self.0.retain(|&v| v != to);
         if from != to {
             self.insert(from);
         }
@@ -295,7 +302,7 @@ impl UpdatePath {
                     version,
                     parent = parent_version(&new),
                     serving,
-                    "refused a new version: it descends from a rejected one (the worker is restarting from the serving version)"
+                    "refused a new version: it descends from a rejected version or one rolled back from (the worker that trained it is being replaced)"
                 );
                 return;
             }
@@ -496,7 +503,7 @@ mod tests {
         assert!(!rejected.taints(Some(2)));
         // A checkpoint without provenance cannot be traced, so it is compared.
         assert!(!rejected.taints(None));
-        // Refusing 4 makes its own descendant 5 refused in turn.
+        // `consider` enters a refused 4 too, so its own descendant 5 is refused.
         rejected.insert(4);
         assert!(rejected.taints(Some(4)));
         // A rollback from 6 to 3 serves 3: its children are learning again, 4 stays
@@ -555,5 +562,18 @@ mod tests {
         assert!(!rejected.taints(Some(10)));
         assert!(rejected.taints(Some(11)));
         assert!(rejected.taints(Some(REMEMBERED_REJECTIONS as u64 + 10)));
+    }
+
+    #[test]
+    fn a_rollback_is_remembered_however_many_newer_versions_were_rejected() {
+        // Version 5 served while 64 newer ones were rejected; then a rollback from 5
+        // to 2. The line of 5 must stay refused although 5 is the smallest entry.
+        let mut rejected = Rejected::default();
+        for v in 6..6 + REMEMBERED_REJECTIONS as u64 {
+            rejected.insert(v);
+        }
+        rejected.rolled_back(5, 2);
+        assert!(rejected.taints(Some(5)));
+        assert!(!rejected.taints(Some(6)), "the oldest rejection made room");
     }
 }
