@@ -100,7 +100,9 @@ fn ring_json(state: &AppState) -> Value {
         Some(u) => {
             let r = u.pipeline().ring();
             let dropped = crate::engine::UpdateSink::stats(u.pipeline().as_ref()).dropped;
-            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": dropped, "generation": r.generation()})
+            // The path says which shared-memory file is live (one per worker
+            // generation), for an operator looking at /dev/shm.
+            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": dropped, "generation": r.generation(), "path": r.path()})
         }
         None => json!({"depth": 0, "capacity": 0, "dropped": 0}),
     }
