@@ -18,4 +18,5 @@ mod monitor;
 mod process;
 mod simulate;
 mod supervisor;
+mod swap_guard;
 mod update;
