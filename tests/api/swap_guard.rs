@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::update::fresh_model;
-use crate::common::{TestServer, client};
+use super::update::{fresh_model, post_label};
+use crate::common::TestServer;
 
 /// Unit-scale rows of the 16-feature, 4-class task. On the synthetic stream's raw
 /// scales a fresh model answers one class with probability 1, so a version that
@@ -20,18 +20,6 @@ fn unit_row(t: u64) -> (Vec<f32>, u32) {
         .map(|j| ((t * 7 + j * 3) % 11) as f32 / 5.0 - 1.0)
         .collect();
     (x, (t % 4) as u32)
-}
-
-/// Sends `unit_row(t)` as a labelled example.
-async fn send_unit_row(server: &TestServer, t: u64) {
-    let (features, label) = unit_row(t);
-    let r = client()
-        .post(server.url("/v1/feedback"))
-        .json(&json!({"features": features, "label": label}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
 }
 
 /// A fresh model whose every move is too far: 20 labels are too few for accuracy to
@@ -52,7 +40,8 @@ async fn strict_server(
     .await;
     server.wait_worker().await;
     for t in 0..20 {
-        send_unit_row(&server, t).await;
+        let (features, label) = unit_row(t);
+        post_label(&server, features, label).await;
     }
     server.sync().await;
     server

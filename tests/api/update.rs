@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use crate::common::{ADMIN_TOKEN, TestServer, client, sample};
 
-/// Sends a labelled example and returns its sequence number.
-async fn feedback(server: &TestServer, t: u64) -> u64 {
-    let (features, label) = sample(t);
+/// Sends `features` with `label` as a labelled example and returns its sequence
+/// number.
+pub(super) async fn post_label(server: &TestServer, features: Vec<f32>, label: u32) -> u64 {
     let r = client()
         .post(server.url("/v1/feedback"))
         .json(&json!({"features": features, "label": label}))
@@ -20,6 +20,13 @@ async fn feedback(server: &TestServer, t: u64) -> u64 {
         .unwrap();
     assert_eq!(r.status(), 202);
     r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+}
+
+/// Sends the synthetic stream's sample `t` as a labelled example and returns its
+/// sequence number.
+async fn feedback(server: &TestServer, t: u64) -> u64 {
+    let (features, label) = sample(t);
+    post_label(server, features, label).await
 }
 
 /// A fresh model for the synthetic task: it starts knowing nothing.
