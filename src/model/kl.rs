@@ -32,6 +32,10 @@ pub struct Comparison {
     /// Accuracy of the old and the new version on those rows.
     pub old_accuracy: f64,
     pub new_accuracy: f64,
+    /// Labelled rows only the new version answers right, and only the old one: the
+    /// rows a sign test between the two weighs.
+    pub new_only: usize,
+    pub old_only: usize,
 }
 
 /// [`mean_kl`] plus both versions' accuracy on the rows that have a label.
@@ -47,6 +51,8 @@ pub fn compare(
         labelled: 0,
         old_accuracy: 0.0,
         new_accuracy: 0.0,
+        new_only: 0,
+        old_only: 0,
     };
     if rows == 0 {
         return Ok(out);
@@ -57,8 +63,12 @@ pub fn compare(
         out.kl += kl(p.probs_row(i), q.probs_row(i));
         if let Some(y) = label {
             out.labelled += 1;
-            old_hits += usize::from(argmax(p.probs_row(i)) == *y as usize);
-            new_hits += usize::from(argmax(q.probs_row(i)) == *y as usize);
+            let old_right = argmax(p.probs_row(i)) == *y as usize;
+            let new_right = argmax(q.probs_row(i)) == *y as usize;
+            old_hits += usize::from(old_right);
+            new_hits += usize::from(new_right);
+            out.new_only += usize::from(new_right && !old_right);
+            out.old_only += usize::from(old_right && !new_right);
         }
     }
     out.kl /= rows as f64;
@@ -118,6 +128,7 @@ mod tests {
         let same = compare(&a, &a, &x, &[Some(0), None]).unwrap();
         assert_eq!((same.kl, same.labelled), (0.0, 1));
         assert_eq!(same.old_accuracy, same.new_accuracy);
+        assert_eq!((same.new_only, same.old_only), (0, 0));
         let other = compare(&a, &b, &x, &[None, None]).unwrap();
         assert_eq!(other.labelled, 0);
         assert!((other.kl - mean_kl(&a, &b, &x, 2).unwrap()).abs() < 1e-12);

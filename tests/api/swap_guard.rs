@@ -11,20 +11,36 @@ use serde_json::{Value, json};
 use super::update::{fresh_model, post_label};
 use crate::common::TestServer;
 
-/// Unit-scale rows of the 16-feature, 4-class task. On the synthetic stream's raw
-/// scales a fresh model answers one class with probability 1, so a version that
-/// learned may still answer a probe exactly alike (KL 0), which the KL check rightly
-/// lets in; on these rows any training step moves the answers.
-fn unit_row(t: u64) -> (Vec<f32>, u32) {
-    let x = (0..16u64)
-        .map(|j| ((t * 7 + j * 3) % 11) as f32 / 5.0 - 1.0)
+/// Unit-scale rows of the 16-feature task, labelled with `model`'s own answers.
+///
+/// On the synthetic stream's raw scales a fresh model answers one class with
+/// probability 1, so a version that learned may still answer a probe exactly alike
+/// (KL 0), which the KL check rightly lets in; on these rows any training step moves
+/// the answers. And labelled with the serving model's own answers, no version can
+/// answer them better, so accuracy never overrules the check.
+fn unit_rows(model: &std::path::Path, n: u64) -> Vec<(Vec<f32>, u32)> {
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|t| {
+            (0..16u64)
+                .map(|j| ((t * 7 + j * 3) % 11) as f32 / 5.0 - 1.0)
+                .collect()
+        })
         .collect();
-    (x, (t % 4) as u32)
+    let fresh = adaptserve::model::Mlp::load(model).unwrap();
+    let flat: Vec<f32> = rows.concat();
+    let answers = fresh.forward(&flat, rows.len()).unwrap();
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let p = answers.probs_row(i);
+            let label = (0..p.len()).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+            (x, label as u32)
+        })
+        .collect()
 }
 
-/// A fresh model whose every move is too far: 20 labels are too few for accuracy to
-/// overrule the KL check, so only the fresh-model allowance (`unguarded`) lets a
-/// version in.
+/// A fresh model whose every move is too far, taught rows it already answers: only
+/// the fresh-model allowance (`unguarded`) lets a version in.
 async fn strict_server(
     state: &std::path::Path,
     model: &std::path::Path,
@@ -39,8 +55,7 @@ async fn strict_server(
     })
     .await;
     server.wait_worker().await;
-    for t in 0..20 {
-        let (features, label) = unit_row(t);
+    for (features, label) in unit_rows(model, 20) {
         post_label(&server, features, label).await;
     }
     server.sync().await;

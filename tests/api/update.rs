@@ -296,7 +296,13 @@ async fn a_version_that_moves_too_far_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_restores_a_kept_version_and_refuses_others() {
-    let server = TestServer::start_with(|c| c.worker.publish_every_ms = 100).await;
+    // Enough versions kept that the first one survives however many the worker
+    // publishes during the first 200 labels (six would prune it at the default 5).
+    let server = TestServer::start_with(|c| {
+        c.worker.publish_every_ms = 100;
+        c.swap.keep_checkpoints = 1_000;
+    })
+    .await;
     let v0 = server.wait_worker().await["model_version"]
         .as_u64()
         .unwrap();
