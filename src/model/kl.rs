@@ -1,7 +1,8 @@
 //! How far a new version moved from the serving one: `KL(p_old ‖ p_new)`, averaged
 //! over a probe set of recent inputs.
 //!
-//! KL rather than accuracy because the probe has no labels, and rather than a weight
+//! KL rather than accuracy because most of the probe has no labels (the client labels
+//! it has are counted separately by [`compare`]), and rather than a weight
 //! distance because what matters is what clients see: a version that changed many
 //! weights but answers the same is harmless, one that changed a few weights and flips
 //! confident answers is not. Probabilities are clamped at 1e-7 so a class the new

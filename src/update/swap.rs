@@ -45,6 +45,13 @@ use crate::supervisor::{StartPoint, Supervisor};
 /// probe rows overrules the KL check.
 const SIGN_TEST_P: f64 = 0.05;
 
+/// Labelled probe rows on which the two versions must disagree before the sign test
+/// is heard at all. The labelled rows are the newest labels, which the new version
+/// has just trained on, so a handful won says little; ten is still within reach
+/// right after a drift alarm (the soak's 0.73 against 0.32 on 22 rows is about 10
+/// against 1).
+const MIN_DISAGREEMENTS: usize = 10;
+
 /// True when a version right on `new_only` labelled rows where the serving one is
 /// wrong, and wrong on `old_only` where it is right, is better beyond chance: a
 /// one-sided sign test over the rows where the two disagree. The rows where both are
@@ -56,17 +63,19 @@ const SIGN_TEST_P: f64 = 0.05;
 /// for having fewer than 32 rows, its updates thrown away with it.
 fn significantly_better(new_only: usize, old_only: usize) -> bool {
     let n = new_only + old_only;
-    if new_only <= old_only {
+    if new_only <= old_only || n < MIN_DISAGREEMENTS {
         return false;
     }
-    // P(X >= new_only) for X ~ Binomial(n, 1/2), term by term: C(n, k) / 2^n.
-    let mut term = 0.5f64.powi(n as i32);
+    // P(X >= new_only) for X ~ Binomial(n, 1/2), term by term: C(n, k) / 2^n, in
+    // logarithms so that 2^-n cannot underflow (it would past 1074 rows, and a zero
+    // tail would call any lead significant).
+    let mut ln_term = n as f64 * 0.5f64.ln();
     let mut tail = 0.0;
     for k in 0..=n {
         if k >= new_only {
-            tail += term;
+            tail += ln_term.exp();
         }
-        term *= (n - k) as f64 / (k + 1) as f64;
+        ln_term += ((n - k) as f64 / (k + 1) as f64).ln();
     }
     tail < SIGN_TEST_P
 }
@@ -583,12 +592,15 @@ mod tests {
 
     #[test]
     fn a_sign_test_decides_when_accuracy_overrules_the_kl_check() {
-        // Five rows for the new version and none against: p = 1/32.
-        assert!(significantly_better(5, 0));
-        // Four and none: p = 1/16, not enough.
-        assert!(!significantly_better(4, 0));
-        // The soak's case: on 22 rows, 0.73 against 0.32 is about 10 rows against 1.
+        // Nine rows for the new version and none against (p = 1/512) are still too
+        // few disagreements to be heard; ten are.
+        assert!(!significantly_better(9, 0));
+        assert!(significantly_better(10, 0));
+        // The soak's case: on 22 rows, 0.73 against 0.32 is about 10 rows against 1
+        // (p = 0.006).
         assert!(significantly_better(10, 1));
+        // Ten disagreements, 8 against 2: p = 0.055, not enough.
+        assert!(!significantly_better(8, 2));
         // A lead that chance explains: 9 against 6 (p = 0.30).
         assert!(!significantly_better(9, 6));
         assert!(!significantly_better(0, 0));
@@ -597,6 +609,11 @@ mod tests {
         // 145 against 111 (p = 0.02) is.
         assert!(!significantly_better(140, 116));
         assert!(significantly_better(145, 111));
+        // Past 1074 rows 2^-n underflows; the tail must not. 1520 against 1480 is a
+        // lead of 40 in 3000 (p = 0.24).
+        assert!(!significantly_better(1_520, 1_480));
+        assert!(significantly_better(1_560, 1_440));
+        assert!(!significantly_better(538, 537), "n = 1075, where 2^-n is 0");
     }
 
     #[test]
