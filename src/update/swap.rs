@@ -555,17 +555,12 @@ mod tests {
         assert!(!rejected.taints(Some(3)));
     }
 
-    fn tiny(seed: u64) -> Mlp {
-        let dir = tempfile::tempdir().unwrap();
-        crate::model::init_model(3, 2, &[4], seed, &dir.path().join("m")).unwrap();
-        Mlp::load(&dir.path().join("m")).unwrap()
-    }
-
     #[test]
     fn a_descendant_is_found_through_versions_never_considered() {
         let dir = tempfile::tempdir().unwrap();
         let store = Checkpoints::new(dir.path().join("checkpoints"));
-        let m = tiny(1);
+        // Only the checkpoints' provenance matters here, not their weights.
+        let m = crate::model::mlp::tests::tiny(crate::model::Activation::Relu, None);
         store.init(m.config()).unwrap();
         // Serving 2. The old worker published 3 (rejected), then 4 and 5 on top of
         // it; the swap task saw only 5. The restarted worker publishes 6 and 7 from 2.
