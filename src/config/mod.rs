@@ -431,6 +431,10 @@ pub struct MemorySection {
     /// is fresh from `init-model`, whose hidden layer means nothing yet and moves
     /// with every update, and `embedding` for a pretrained model.
     pub key: KeyChoice,
+    /// A snapshot of the memory is written this often (and at shutdown): a restart
+    /// rebuilds the memory from the newest snapshot plus the WAL after it, so this
+    /// bounds the replay, and the WAL is kept back to the snapshot's position.
+    pub snapshot_interval_secs: u64,
 }
 
 impl Default for MemorySection {
@@ -441,6 +445,7 @@ impl Default for MemorySection {
             hnsw_crossover: 0,
             insert_queue: 8_192,
             key: KeyChoice::Auto,
+            snapshot_interval_secs: 30,
         }
     }
 }
@@ -652,6 +657,10 @@ impl Config {
         let m = &self.memory;
         positive("memory.capacity", m.capacity)?;
         positive("memory.insert_queue", m.insert_queue)?;
+        positive(
+            "memory.snapshot_interval_secs",
+            m.snapshot_interval_secs as usize,
+        )?;
         if e.cold_start_threshold > m.capacity {
             return Err(invalid(
                 "engine.cold_start_threshold",

@@ -34,6 +34,8 @@ pub enum EngineError {
     ModelUnavailable { reason: String },
     #[error("updates cannot be accepted: {reason}")]
     UpdatesUnavailable { reason: String },
+    #[error("no request id is reserved yet (the reservation is being written); retry")]
+    IdsUnavailable,
 }
 
 impl From<BatcherError> for EngineError {

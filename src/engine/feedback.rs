@@ -11,7 +11,6 @@ use serde::Deserialize;
 use super::vote::{KNN, argmax, loss, zero_one_loss};
 use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
 use crate::config::HedgeLoss;
-use crate::knn::Experience;
 
 /// What a label is attached to.
 #[derive(Debug, Clone)]
@@ -83,12 +82,18 @@ impl Engine {
         // The label is acknowledged only once its update is in the log, and nothing
         // else changes before that: a refused feedback (full queue, closed log) puts
         // the prediction back so the client can retry the same request_id.
+        // The sink logs it, then hands it to the memory as a trusted experience
+        // (superseding the prediction's pseudo-label, if it became one).
         let update = Update {
             kind: UpdateKind::Label,
             features: features.clone(),
             label,
             weight: LABEL_TRUST,
             model_version: self.model.load().version(),
+            origin: joined.as_ref().map(|(request_id, _)| *request_id),
+            trust: LABEL_TRUST,
+            priority: LABEL_PRIORITY,
+            key: Some(embedding),
         };
         let logged = match self.sink.submit(update) {
             Ok(receipt) => receipt.await.unwrap_or(Err(SinkError::Closed)),
@@ -118,19 +123,6 @@ impl Engine {
         // So does the forest (ten root-to-leaf walks and leaf updates).
         if let Some(forest) = &self.forest {
             forest.learn(&features, label as usize);
-        }
-        let experience = Experience {
-            embedding,
-            features,
-            label,
-            trust: LABEL_TRUST,
-            priority: LABEL_PRIORITY,
-            origin: joined.as_ref().map(|(request_id, _)| *request_id),
-        };
-        // A full insert queue costs the memory this experience (counted); the label
-        // is already in the log, which is what acknowledges it.
-        if self.memory.submit(experience).is_err() {
-            self.stats.memory_drops.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((_, pending)) = joined {
             let y = label as usize;
@@ -176,21 +168,17 @@ impl Engine {
 
     /// The drift detector alarmed: the memory forgets all but its most recent
     /// experiences (`drift_keep`), and the worker is told to do the same with its
-    /// replay buffer. The marker is offered like a pseudo-label: if the queue is
-    /// full it is dropped and counted (`updates.refused`), and the worker's replay
-    /// ages the old concept out over `replay_capacity` labels instead.
+    /// replay buffer. Both learn it from the logged marker, in order with the
+    /// updates around it. The marker is offered like a pseudo-label: if the queue is
+    /// full it is dropped and counted (`updates.refused`), the memory forgets at
+    /// once, and the worker's replay ages the old concept out over
+    /// `replay_capacity` labels instead.
     fn on_drift(&self) {
-        if self.config.drift_keep > 0 {
+        let marker = Update::drift(self.model.load().version());
+        let told_worker = self.sink.offer(marker).is_ok();
+        if !told_worker && self.config.drift_keep > 0 {
             self.memory.forget_older_than(self.config.drift_keep);
         }
-        let marker = Update {
-            kind: UpdateKind::Drift,
-            features: Vec::new(),
-            label: 0,
-            weight: 0.0,
-            model_version: self.model.load().version(),
-        };
-        let told_worker = self.sink.offer(marker).is_ok();
         tracing::info!(
             kept = self.config.drift_keep,
             told_worker,

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::pending::log;
 use super::vote::{argmax, blend, knn_distribution};
 use super::{Engine, EngineError, PendingPrediction, Update, UpdateKind, check_finite};
-use crate::knn::Experience;
 
 /// Which path answered a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,6 +108,12 @@ impl Engine {
         let rows = inputs.len();
         let out = self.client.forward(flat, rows, announcement).await?;
         let model_us = started.elapsed().as_micros() as u64;
+        // Ids for every row before anything is stored: a refusal changes nothing.
+        let first_id = self
+            .ids
+            .take(rows as u64)
+            .ok_or(EngineError::IdsUnavailable)?;
+        let answered_ms = log::unix_ms();
 
         let labels = model.config().labels.as_ref();
         let (k, e) = (out.num_classes, out.embed_dim);
@@ -124,7 +130,7 @@ impl Engine {
             knn_us += vote_started.elapsed().as_micros() as u64;
             let (label, confidence) = argmax(&decision.probs);
             let label = label as u32;
-            let request_id = self.next_request_id();
+            let request_id = first_id + i as u64;
             let answer = Answer {
                 request_id,
                 label,
@@ -143,21 +149,21 @@ impl Engine {
                 neighbors_used: decision.neighbors_used,
                 update_enqueued,
             });
-            self.pending.insert(
-                request_id,
-                PendingPrediction {
-                    features,
-                    embedding: embedding.to_vec(),
-                    p_model: p_model.to_vec(),
-                    p_knn: decision.p_knn,
-                    p_lin: decision.p_lin,
-                    p_forest: decision.p_forest,
-                    predicted: label,
-                    pseudo,
-                    model_version: out.model_version,
-                },
-                Instant::now(),
-            );
+            let pending = PendingPrediction {
+                features,
+                embedding: embedding.to_vec(),
+                p_model: p_model.to_vec(),
+                p_knn: decision.p_knn,
+                p_lin: decision.p_lin,
+                p_forest: decision.p_forest,
+                predicted: label,
+                pseudo,
+                model_version: out.model_version,
+            };
+            // Logged through the group commit so a restart can still join its label.
+            self.sink
+                .remember(log::encode_prediction(request_id, answered_ms, &pending));
+            self.pending.insert(request_id, pending, Instant::now());
         }
         Ok(InferReply {
             model_version: out.model_version,
@@ -280,24 +286,18 @@ impl Engine {
         } else {
             self.config.pseudo_trust
         };
-        let experience = Experience {
-            embedding: embedding.to_vec(),
-            features: features.to_vec(),
-            label,
-            trust: self.config.pseudo_trust,
-            priority,
-            origin: Some(request_id),
-        };
-        if self.memory.submit(experience).is_err() {
-            self.stats.memory_drops.fetch_add(1, Ordering::Relaxed);
-        }
         self.stats.pseudo_labels.fetch_add(1, Ordering::Relaxed);
+        // The sink logs it, then hands it to the memory as an experience.
         let update = Update {
             kind: UpdateKind::Pseudo,
             features: features.to_vec(),
             label,
             weight: self.config.pseudo_trust * confidence,
             model_version,
+            origin: Some(request_id),
+            trust: self.config.pseudo_trust,
+            priority,
+            key: Some(embedding.to_vec()),
         };
         (true, self.sink.offer(update).is_ok())
     }

@@ -16,16 +16,17 @@ mod error;
 mod feedback;
 mod forest;
 mod gate;
+pub mod ids;
 mod infer;
 mod linear;
-mod pending;
+pub mod pending;
 mod sink;
 #[cfg(test)]
 mod testing;
 mod vote;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -40,10 +41,13 @@ pub use error::EngineError;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use forest::ForestVoter;
 pub use gate::{ConfidenceGate, PageHinkley};
+pub use ids::RequestIds;
 pub use infer::{InferPath, InferReply, Prediction, Timings};
 pub use linear::LinearVoter;
 pub use pending::{PendingMap, PendingPrediction};
-pub use sink::{LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink};
+pub use sink::{
+    LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory,
+};
 pub use vote::{FOREST, Hedge, KNN, LINEAR, MODEL, VOTERS, argmax, blend, knn_distribution, loss};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
@@ -59,8 +63,6 @@ pub struct EngineStats {
     pub knn_failures: AtomicU64,
     /// Pseudo-labels admitted by the gate.
     pub pseudo_labels: AtomicU64,
-    /// Experiences the memory's insert queue refused (counted, never blocking).
-    pub memory_drops: AtomicU64,
     /// Labelled feedbacks accepted.
     pub labels: AtomicU64,
     /// Labelled feedbacks joined to a prediction whose served label was right.
@@ -96,6 +98,18 @@ pub struct EngineStatus {
     pub updates: SinkStats,
 }
 
+/// What [`Engine::new`] assembles.
+#[derive(Debug)]
+pub struct EngineParts {
+    pub model: Mlp,
+    pub memory: Arc<Memory>,
+    pub sink: Arc<dyn UpdateSink>,
+    pub ids: RequestIds,
+    pub config: EngineConfig,
+    pub batcher: BatcherConfig,
+    pub max_client_batch: usize,
+}
+
 /// The serving engine. Shared as `Arc<Engine>` by every request.
 #[derive(Debug)]
 pub struct Engine {
@@ -117,7 +131,8 @@ pub struct Engine {
     breaker: CircuitBreaker,
     pending: PendingMap,
     sink: Arc<dyn UpdateSink>,
-    next_request_id: AtomicU64,
+    /// Hands out request ids that never repeat (see `ids`).
+    ids: RequestIds,
     stats: EngineStats,
     /// The model was untrained (from `init-model`) when this engine started.
     started_fresh: bool,
@@ -136,14 +151,16 @@ const REKEY_SHIFT: f32 = 0.05;
 
 impl Engine {
     /// Starts the model thread and assembles the engine.
-    pub fn new(
-        model: Mlp,
-        memory: Arc<Memory>,
-        sink: Arc<dyn UpdateSink>,
-        config: EngineConfig,
-        batcher: BatcherConfig,
-        max_client_batch: usize,
-    ) -> std::io::Result<Self> {
+    pub fn new(parts: EngineParts) -> std::io::Result<Self> {
+        let EngineParts {
+            model,
+            memory,
+            sink,
+            ids,
+            config,
+            batcher,
+            max_client_batch,
+        } = parts;
         let started_fresh = model.is_fresh();
         let model = Arc::new(ArcSwap::from_pointee(model));
         let keyed_with = parking_lot::Mutex::new(model.load_full());
@@ -189,7 +206,7 @@ impl Engine {
             memory,
             sink,
             max_client_batch,
-            next_request_id: AtomicU64::new(1),
+            ids,
             stats: EngineStats::default(),
             started_fresh,
             keyed_with,
@@ -315,8 +332,43 @@ impl Engine {
         Ok(())
     }
 
-    fn next_request_id(&self) -> u64 {
-        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    /// The request id allocator.
+    pub fn request_ids(&self) -> &RequestIds {
+        &self.ids
+    }
+
+    /// Puts predictions answered before a restart back in the pending map, each
+    /// `age` old (those past the TTL are not kept), their embeddings recomputed by
+    /// the serving model. Returns how many were restored.
+    pub async fn restore_pending(
+        &self,
+        mut restored: Vec<(u64, Duration, PendingPrediction)>,
+    ) -> Result<usize, EngineError> {
+        let ttl = self.pending.ttl();
+        restored.retain(|(_, age, _)| *age <= ttl);
+        restored.sort_by_key(|(id, _, _)| *id);
+        let keep = restored.len().saturating_sub(self.pending.capacity());
+        restored.drain(..keep);
+        let dim = self.model.load().input_dim();
+        restored.retain(|(_, _, p)| p.features.len() == dim);
+        let now = std::time::Instant::now();
+        let mut count = 0;
+        for chunk in restored.chunks_mut(256) {
+            let flat: Vec<f32> = chunk
+                .iter()
+                .flat_map(|(_, _, p)| p.features.iter().copied())
+                .collect();
+            let announcement = self.client.announce();
+            let out = self.client.forward(flat, chunk.len(), announcement).await?;
+            let e = out.embed_dim;
+            for (i, (id, age, p)) in chunk.iter_mut().enumerate() {
+                p.embedding = out.embeddings[i * e..(i + 1) * e].to_vec();
+                let at = now.checked_sub(*age).unwrap_or(now);
+                self.pending.insert(*id, std::mem::take(p), at);
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 }
 

@@ -5,9 +5,18 @@
 //! never block the request path. The server's sink is the WAL pipeline
 //! (`crate::update::pipeline`); [`LocalSink`] lets benches and engine tests run
 //! without one.
+//!
+//! The sink, not the request, puts each logged update into the k-NN memory
+//! ([`feed_memory`]), in sequence order and only once it is logged: the memory is a
+//! view of the log, so a restarted server rebuilds it exactly from a snapshot plus
+//! the log after the snapshot's position. The vote may see an experience a group
+//! commit later than the request made it, which DESIGN allows.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::knn::{Experience, Memory};
 
 /// What kind of experience an update carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +43,63 @@ pub struct Update {
     pub weight: f32,
     /// The model version that saw the input, so stale updates can be told apart.
     pub model_version: u64,
+    /// The prediction (`request_id`) this update came from, if any: a label for a
+    /// prediction the memory holds as a pseudo-label supersedes it.
+    pub origin: Option<u64>,
+    /// The experience's vote weight in the memory.
+    pub trust: f32,
+    /// The experience's eviction tier in the memory.
+    pub priority: f32,
+    /// The memory key (the embedding) the request computed, so the memory need not
+    /// compute it again. Not logged: a replay recomputes it with the serving model.
+    /// `None` keeps the update out of the memory.
+    pub key: Option<Vec<f32>>,
+}
+
+impl Update {
+    /// A drift marker (see [`UpdateKind::Drift`]).
+    pub fn drift(model_version: u64) -> Self {
+        Self {
+            kind: UpdateKind::Drift,
+            features: Vec::new(),
+            label: 0,
+            weight: 0.0,
+            model_version,
+            origin: None,
+            trust: 0.0,
+            priority: 0.0,
+            key: None,
+        }
+    }
+}
+
+/// What the memory does with a logged update: a label or pseudo-label with a key
+/// becomes an experience, a drift marker makes it forget all but its newest
+/// `drift_keep` experiences (0: forget nothing). `seq` is the update's place in
+/// the log, which the memory's snapshot records.
+pub fn feed_memory(memory: &Memory, drift_keep: u64, seq: u64, update: Update) {
+    match update.kind {
+        UpdateKind::Drift => {
+            // On a full queue forget at once, out of order, rather than not at all.
+            if drift_keep > 0 && memory.forget_logged(drift_keep, seq).is_err() {
+                memory.forget_older_than(drift_keep);
+            }
+        }
+        UpdateKind::Label | UpdateKind::Pseudo => {
+            if let Some(embedding) = update.key {
+                let experience = Experience {
+                    embedding,
+                    features: update.features,
+                    label: update.label,
+                    trust: update.trust,
+                    priority: update.priority,
+                    origin: update.origin,
+                };
+                // A full insert queue drops it (counted by the memory).
+                let _ = memory.submit_logged(experience, seq);
+            }
+        }
+    }
 }
 
 /// Why a sink refused an update.
@@ -65,36 +131,58 @@ pub struct SinkStats {
 /// Resolves to an update's sequence number once it is in the log.
 pub type Receipt = tokio::sync::oneshot::Receiver<Result<u64, SinkError>>;
 
-/// Where updates go. Neither method blocks: they run on the request path.
+/// Where updates go. No method blocks: they run on the request path.
 pub trait UpdateSink: Send + Sync + Debug {
     /// Fire and forget (pseudo-labels): queued or refused at once, never awaited.
     fn offer(&self, update: Update) -> Result<(), SinkError>;
     /// Queues an update whose caller waits for its sequence number: a feedback is
-    /// acknowledged only once its update is written to the log.
+    /// acknowledged only once its update is written to the log. A label with an
+    /// `origin` is also marked as having answered that prediction, so a restart
+    /// cannot join the prediction twice.
     fn submit(&self, update: Update) -> Result<Receipt, SinkError>;
+    /// Fire and forget: an encoded pending prediction (`pending::log`), so a restart
+    /// can still join its label. A full queue drops it (counted).
+    fn remember(&self, record: Vec<u8>);
     /// The sink's counters.
     fn stats(&self) -> SinkStats;
 }
 
-/// An in-process sink for benches and tests of the engine alone: sequences and
-/// counts updates, applies none to the weights (the k-NN memory learns from labels
-/// directly).
-#[derive(Debug, Default)]
+/// An in-process sink for benches and tests of the engine alone: sequences updates
+/// and feeds the memory, keeps no log and applies nothing to the weights.
+#[derive(Debug)]
 pub struct LocalSink {
     next_seq: AtomicU64,
+    memory: Arc<Memory>,
+    drift_keep: u64,
+}
+
+impl LocalSink {
+    /// A sink feeding `memory` (`drift_keep` as in [`feed_memory`]).
+    pub fn new(memory: Arc<Memory>, drift_keep: u64) -> Self {
+        Self {
+            next_seq: AtomicU64::new(0),
+            memory,
+            drift_keep,
+        }
+    }
 }
 
 impl UpdateSink for LocalSink {
-    fn offer(&self, _update: Update) -> Result<(), SinkError> {
-        self.next_seq.fetch_add(1, Ordering::Relaxed);
+    fn offer(&self, update: Update) -> Result<(), SinkError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        feed_memory(&self.memory, self.drift_keep, seq, update);
         Ok(())
     }
 
-    fn submit(&self, _update: Update) -> Result<Receipt, SinkError> {
+    fn submit(&self, update: Update) -> Result<Receipt, SinkError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Ok(self.next_seq.fetch_add(1, Ordering::Relaxed) + 1));
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        feed_memory(&self.memory, self.drift_keep, seq, update);
+        let _ = tx.send(Ok(seq));
         Ok(rx)
     }
+
+    fn remember(&self, _record: Vec<u8>) {}
 
     fn stats(&self) -> SinkStats {
         SinkStats {
@@ -109,17 +197,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_sink_sequences_from_one_and_acknowledges_at_once() {
-        let sink = LocalSink::default();
-        let u = Update {
+    fn local_sink_sequences_from_one_acknowledges_at_once_and_feeds_the_memory() {
+        let memory = Memory::new(crate::knn::MemoryConfig {
+            dim: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let sink = LocalSink::new(memory.clone(), 1);
+        let u = |key: Option<Vec<f32>>| Update {
             kind: UpdateKind::Label,
             features: vec![0.0],
             label: 0,
             weight: 1.0,
             model_version: 0,
+            origin: None,
+            trust: 1.0,
+            priority: 1.0,
+            key,
         };
-        sink.offer(u.clone()).unwrap();
-        assert_eq!(sink.submit(u).unwrap().try_recv().unwrap(), Ok(2));
-        assert_eq!(sink.stats().sent, 2);
+        sink.offer(u(Some(vec![1.0, 0.0]))).unwrap();
+        assert_eq!(
+            sink.submit(u(Some(vec![0.0, 1.0])))
+                .unwrap()
+                .try_recv()
+                .unwrap(),
+            Ok(2)
+        );
+        sink.offer(u(None)).unwrap();
+        assert_eq!(sink.stats().sent, 3);
+        assert!(memory.flush(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            memory.len(),
+            2,
+            "the keyless update stays out of the memory"
+        );
+        sink.offer(Update::drift(0)).unwrap();
+        assert!(memory.flush(std::time::Duration::from_secs(5)));
+        assert_eq!(memory.len(), 1, "the drift marker keeps the newest one");
+        assert_eq!(
+            memory.snapshot().1,
+            4,
+            "the memory knows the log's position"
+        );
     }
 }

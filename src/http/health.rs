@@ -283,6 +283,15 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
             "pseudo_precision": ratio(&e.pseudo_correct, &e.pseudo_scored),
         },
         "pending_predictions": s.pending,
+        "pending_log": state.updates.as_ref().map(|u| json!({
+            "bytes": u.pipeline().pending_bytes(),
+            "dropped": u.pipeline().pending_dropped(),
+        })),
+        "request_ids": {
+            "next": engine.request_ids().peek(),
+            "refused": engine.request_ids().refused(),
+        },
+        "recovery": state.recovery.get(),
         "batcher": {
             "queued": b.queued.load(Ordering::Relaxed),
             "capacity": engine.batcher_capacity(),

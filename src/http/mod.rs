@@ -52,6 +52,9 @@ pub struct AppState {
     pub monitor: crate::monitor::Monitor,
     /// The per-client rate limit (off unless configured).
     pub rate_limit: ratelimit::RateLimiter,
+    /// What the server rebuilt from its state dir at start (`/v1/status`'s
+    /// `recovery`), set once by the app.
+    pub recovery: std::sync::OnceLock<serde_json::Value>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             started: Instant::now(),
             monitor: crate::monitor::Monitor::default(),
             rate_limit,
+            recovery: std::sync::OnceLock::new(),
         })
     }
 

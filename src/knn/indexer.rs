@@ -18,10 +18,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::KnnError;
 use super::hnsw::{self, Graph};
-use super::memory::Shared;
+use super::memory::{Queued, Shared};
 use super::store::Store;
-use super::{Experience, KnnError};
 
 /// Experiences moved into the store per write-lock hold: about 100 µs of work, so a
 /// search never waits long behind a batch.
@@ -46,10 +46,7 @@ const MAX_FAILURES: u64 = 3;
 const MIN_REBUILD_POINTS: usize = 64;
 
 /// Starts the thread.
-pub(super) fn spawn(
-    shared: Arc<Shared>,
-    rx: Receiver<Experience>,
-) -> Result<JoinHandle<()>, KnnError> {
+pub(super) fn spawn(shared: Arc<Shared>, rx: Receiver<Queued>) -> Result<JoinHandle<()>, KnnError> {
     let indexer = Indexer {
         shared,
         rx,
@@ -80,9 +77,9 @@ struct Build {
 
 struct Indexer {
     shared: Arc<Shared>,
-    rx: Receiver<Experience>,
+    rx: Receiver<Queued>,
     /// Scratch buffers, reused every turn.
-    batch: Vec<Experience>,
+    batch: Vec<Queued>,
     evicted: Vec<u64>,
     ids: Vec<u64>,
     rows: Vec<f32>,
@@ -164,8 +161,17 @@ impl Indexer {
         let n = self.batch.len() as u64;
         let graph = self.shared.graph.load();
         let mut store = self.shared.store.write();
-        for exp in self.batch.drain(..) {
-            store.insert(exp, &mut self.evicted);
+        for item in self.batch.drain(..) {
+            match item {
+                Queued::Insert { exp, seq } => {
+                    store.insert(exp, &mut self.evicted);
+                    store.mark_logged(seq);
+                }
+                Queued::Forget { keep, seq } => {
+                    store.forget_all_but(keep);
+                    store.mark_logged(seq);
+                }
+            }
         }
         store.expire(&mut self.evicted);
         let c = &self.shared.counters;

@@ -145,6 +145,15 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// What the submit queue carries to the indexer, in order.
+#[derive(Debug)]
+pub(super) enum Queued {
+    /// An experience; `seq` is its logged update's position, 0 if not logged.
+    Insert { exp: Experience, seq: u64 },
+    /// Forget all but the newest `keep` experiences (a logged drift marker).
+    Forget { keep: u64, seq: u64 },
+}
+
 /// The k-NN memory: a bounded experience buffer searched by an exact scan or an HNSW
 /// graph, fed by a background thread. `Send + Sync`; share it as `Arc<Memory>`.
 /// Dropping it (or [`Memory::shutdown`]) stops and joins the indexer.
@@ -155,7 +164,7 @@ pub struct Memory {
     /// The queue's sending side; `None` after shutdown. An `ArcSwapOption` so `submit`
     /// loads it without a lock and `shutdown` can drop it (which lets the indexer
     /// drain the queue and exit) through `&self`.
-    tx: ArcSwapOption<SyncSender<Experience>>,
+    tx: ArcSwapOption<SyncSender<Queued>>,
     /// The indexer thread, joined once by `shutdown`.
     indexer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -189,6 +198,13 @@ impl Memory {
     /// counts it, and returns [`KnnError::QueueFull`]. The embedding is checked here
     /// (length, finite, non-zero) so a bad one is refused to its caller.
     pub fn submit(&self, exp: Experience) -> Result<(), KnnError> {
+        self.check(&exp)?;
+        self.enqueue(Queued::Insert { exp, seq: 0 })
+    }
+
+    /// The embedding's length, finiteness and direction, and finite trust and
+    /// priority.
+    fn check(&self, exp: &Experience) -> Result<(), KnnError> {
         let dim = self.shared.cfg.dim;
         if exp.embedding.len() != dim {
             return Err(KnnError::DimensionMismatch {
@@ -212,11 +228,15 @@ impl Memory {
                 reason: "non-finite trust or priority",
             });
         }
+        Ok(())
+    }
+
+    fn enqueue(&self, item: Queued) -> Result<(), KnnError> {
         let tx = self.tx.load();
         let Some(tx) = tx.as_ref() else {
             return Err(KnnError::ShutDown);
         };
-        match tx.try_send(exp) {
+        match tx.try_send(item) {
             Ok(()) => {
                 self.shared.counters.accepted.fetch_add(1, Ordering::AcqRel);
                 Ok(())
@@ -258,9 +278,21 @@ impl Memory {
     /// the older ones describe a concept that no longer holds, and a vote among them
     /// would keep answering for it. Searches skip them from now on.
     pub fn forget_older_than(&self, keep: u64) {
-        let mut store = self.shared.store.write();
-        let floor = store.clock().saturating_sub(keep) + 1;
-        store.forget_before(floor);
+        self.shared.store.write().forget_all_but(keep);
+    }
+
+    /// Like [`Memory::submit`], for the logged update `seq`: the memory records the
+    /// newest such position it has applied, which its snapshot keeps.
+    pub fn submit_logged(&self, exp: Experience, seq: u64) -> Result<(), KnnError> {
+        self.check(&exp)?;
+        self.enqueue(Queued::Insert { exp, seq })
+    }
+
+    /// [`Memory::forget_older_than`] for the logged drift marker `seq`, in order
+    /// with the experiences queued before it. A full queue refuses it (counted as a
+    /// dropped insert).
+    pub fn forget_logged(&self, keep: u64, seq: u64) -> Result<(), KnnError> {
+        self.enqueue(Queued::Forget { keep, seq })
     }
 
     /// Recomputes every live experience's key from its features with `key`, e.g.
@@ -370,11 +402,13 @@ impl Memory {
         self.shared.store.read().recent_probe(n)
     }
 
-    /// Every live experience, oldest first, with unit-length embeddings: for memory
-    /// snapshots at shutdown. Holds the read lock while copying (about a millisecond
-    /// per 50k rows at dim 32), so it is not for the request path.
-    pub fn snapshot(&self) -> Vec<Experience> {
-        self.shared.store.read().snapshot()
+    /// Every live experience, oldest first, with unit-length embeddings, and the
+    /// log position they reflect (see [`Memory::submit_logged`]), read under one
+    /// lock: for memory snapshots. Holds the read lock while copying (about a
+    /// millisecond per 50k rows at dim 32), so it is not for the request path.
+    pub fn snapshot(&self) -> (Vec<Experience>, u64) {
+        let store = self.shared.store.read();
+        (store.snapshot(), store.logged_seq())
     }
 
     /// Stops taking experiences, lets the indexer move everything already queued into

@@ -64,6 +64,9 @@ pub(super) struct Store {
     /// Origin → slot of the live pseudo-labels that have one, so a label can find the
     /// pseudo-label it supersedes.
     by_origin: HashMap<u64, u32>,
+    /// The log position of the newest logged update applied (an experience or a
+    /// forget): a snapshot of this store plus the log after it is the memory.
+    logged_seq: u64,
 }
 
 /// Maps an f32 priority to a u32 whose unsigned order is the float's total order.
@@ -97,7 +100,25 @@ impl Store {
             by_priority: BTreeSet::new(),
             origins: Vec::with_capacity(capacity),
             by_origin: HashMap::new(),
+            logged_seq: 0,
         }
+    }
+
+    /// See the field.
+    pub(super) fn logged_seq(&self) -> u64 {
+        self.logged_seq
+    }
+
+    /// Records that the logged update `seq` has been applied.
+    pub(super) fn mark_logged(&mut self, seq: u64) {
+        self.logged_seq = self.logged_seq.max(seq);
+    }
+
+    /// Forgets all but the `keep` most recent experiences (see
+    /// `Memory::forget_older_than`).
+    pub(super) fn forget_all_but(&mut self, keep: u64) {
+        let floor = self.clock.saturating_sub(keep) + 1;
+        self.forget_before(floor);
     }
 
     /// Live experiences.
@@ -381,7 +402,7 @@ impl Store {
                     label: self.labels[s],
                     trust: self.trusts[s],
                     priority: self.priorities[s],
-                    origin: None,
+                    origin: self.origins[s],
                 }
             })
             .collect()

@@ -15,10 +15,12 @@
 //! - [`checkpoints`]: the checkpoint directory and the serving record.
 //! - [`spec`]: what a worker is started with.
 //! - [`pipeline`]: the WAL writer thread, the `UpdateSink` the engine sees.
+//! - [`pending_log`]: predictions awaiting a label, kept across restarts.
 //! - [`swap`]: taking published versions into service, rollback, the sync barrier.
 
 pub mod checkpoints;
 pub mod codec;
+pub mod pending_log;
 pub mod pipeline;
 pub mod spec;
 pub mod swap;

@@ -522,6 +522,24 @@ impl UpdatePath {
             Err(e) => return Err(e),
         };
         self.pipeline.flush().await?;
+        // And the memory, so a restart replays nothing before this point.
+        let (engine, file) = (self.engine.clone(), self.state_dir.join("memory.bin"));
+        let saved = tokio::task::spawn_blocking(move || {
+            engine.memory().flush(std::time::Duration::from_secs(10));
+            let model = engine.model();
+            let shape = crate::knn::snapshot::Shape {
+                model_version: model.version(),
+                input_dim: model.input_dim(),
+                embed_dim: model.embed_dim(),
+            };
+            crate::knn::snapshot::save(engine.memory(), shape, &file)
+        })
+        .await;
+        match saved {
+            Ok(Ok(seq)) => self.pipeline.set_memory_floor(seq),
+            Ok(Err(e)) => tracing::warn!(error = %e, "memory snapshot at checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "memory snapshot task failed"),
+        }
         Ok(reply)
     }
 }

@@ -16,6 +16,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_adaptserve");
 
 /// Starts `adaptserve serve` on `state` and returns the child and its address.
 fn spawn_server(state: &std::path::Path) -> (Child, String) {
+    spawn_server_with(
+        state,
+        "[worker]\npublish_every_ms = 100\ncooldown_ms = 100\n",
+    )
+}
+
+/// Starts `adaptserve serve` on `state` with the settings `toml`.
+pub(crate) fn spawn_server_with(state: &std::path::Path, toml: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -29,7 +37,7 @@ fn spawn_server(state: &std::path::Path) -> (Child, String) {
         .arg("--model")
         .arg(default_model())
         .env("NO_COLOR", "1")
-        .env("ADAPTSERVE_CONFIG", write_config(state))
+        .env("ADAPTSERVE_CONFIG", write_config(state, toml))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -53,13 +61,9 @@ fn spawn_server(state: &std::path::Path) -> (Child, String) {
     (child, addr)
 }
 
-fn write_config(state: &std::path::Path) -> std::path::PathBuf {
+fn write_config(state: &std::path::Path, toml: &str) -> std::path::PathBuf {
     let path = state.with_extension("toml");
-    std::fs::write(
-        &path,
-        "[worker]\npublish_every_ms = 100\ncooldown_ms = 100\n",
-    )
-    .unwrap();
+    std::fs::write(&path, toml).unwrap();
     path
 }
 
@@ -179,9 +183,13 @@ async fn a_sigkilled_server_loses_no_acknowledged_update() {
     );
     again.kill().unwrap();
     again.wait().unwrap();
-    // A SIGKILLed server cannot remove its ring; the supervisor's startup cleanup is
-    // what does that in production. Do not leave them in /dev/shm.
-    for pid in [killed_pid, again.id()] {
+    remove_rings(&[killed_pid, again.id()]);
+}
+
+/// A SIGKILLed server cannot remove its ring; the supervisor's startup cleanup is
+/// what does that in production. Tests do not leave them in /dev/shm.
+pub(crate) fn remove_rings(pids: &[u32]) {
+    for pid in pids {
         let prefix = format!("adaptserve-{pid}-");
         for entry in std::fs::read_dir(adaptserve::ipc::default_dir())
             .unwrap()

@@ -106,6 +106,7 @@ async fn a_full_memory_keeps_bootstrap_and_the_newest_pseudo_labels() {
     let kept: Vec<Vec<f32>> = engine
         .memory()
         .snapshot()
+        .0
         .into_iter()
         .map(|e| e.features)
         .collect();

@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 mod monitor;
 mod process;
+mod restart;
 mod simulate;
 mod supervisor;
 mod swap_guard;

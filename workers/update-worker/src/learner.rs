@@ -241,6 +241,10 @@ mod tests {
             label: i % 2,
             weight: 1.0,
             model_version: 0,
+            origin: None,
+            trust: 1.0,
+            priority: 1.0,
+            key: None,
         }
     }
 
@@ -259,13 +263,7 @@ mod tests {
         }
         learner.train().unwrap();
         assert_eq!(learner.replay.len(), 20);
-        let marker = Update {
-            kind: UpdateKind::Drift,
-            features: Vec::new(),
-            label: 0,
-            weight: 0.0,
-            model_version: 0,
-        };
+        let marker = Update::drift(0);
         learner.add(21, marker);
         let kept: Vec<f32> = learner.replay.iter().map(|(x, _)| x[0]).collect();
         assert_eq!(kept, vec![16.0, 17.0, 18.0, 19.0, 20.0]);

@@ -9,6 +9,12 @@
 //! after that loses nothing (the page cache outlives the process), and the fsync
 //! policy bounds what a machine crash can take (see `FsyncMode`).
 //!
+//! After the commit the writer also hands each logged update to the k-NN memory
+//! (`engine::feed_memory`), so the memory holds exactly what the log holds, in log
+//! order, and keeps the pending log (`super::pending_log`): predictions arrive here
+//! as fire-and-forget records, and a label that joined one is marked answered
+//! there before the label is acknowledged.
+//!
 //! A std channel rather than a tokio one: the consumer is a plain thread that blocks
 //! on `recv`, and `try_send` from async code never blocks.
 
@@ -16,24 +22,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::codec;
-use crate::engine::{Receipt, SinkError, SinkStats, Update, UpdateSink};
+use super::pending_log::PendingLog;
+use crate::engine::{Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory};
 use crate::ipc::{Producer, PushError, Ring};
+use crate::knn::Memory;
 use crate::wal::Wal;
 
 /// What the writer thread is asked to do, in queue order.
 enum Command {
-    /// Log an update; `ack` (feedbacks) receives its sequence number.
+    /// Log an update; `ack` (feedbacks) receives its sequence number. The update
+    /// itself (already encoded in `payload`) goes on to the memory.
     Append {
         payload: Vec<u8>,
+        update: Update,
         ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
     },
+    /// Keep a pending prediction's record in the pending log.
+    Remember(Vec<u8>),
     /// Anything else, handled after the group's appends are committed.
     Control(Control),
 }
@@ -43,7 +55,8 @@ enum Control {
     /// Answers the last logged sequence number once everything queued before it is
     /// committed: the start of the sync barrier.
     Barrier(oneshot::Sender<u64>),
-    /// Deletes WAL segments wholly at or below this sequence number.
+    /// Deletes WAL segments wholly at or below this sequence number (and at or
+    /// below the memory snapshot's position).
     Truncate(u64),
     /// Commits and fsyncs everything queued before it.
     Flush(oneshot::Sender<Result<(), String>>),
@@ -66,6 +79,13 @@ struct Shared {
     wal_errors: AtomicU64,
     /// Updates the ring could not carry, over every ring generation.
     dropped: AtomicU64,
+    /// The log position the newest memory snapshot on disk reflects: the WAL after
+    /// it is what rebuilds the memory, so truncation keeps it.
+    memory_floor: AtomicU64,
+    /// Pending predictions not logged: the queue was full, or the log failed.
+    pending_dropped: AtomicU64,
+    /// Bytes of pending log on disk.
+    pending_bytes: AtomicU64,
 }
 
 /// The update pipeline's handle: cheap to share, never blocks.
@@ -83,6 +103,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Append { .. } => "Append",
+            Self::Remember(_) => "Remember",
             Self::Control(Control::Barrier(_)) => "Barrier",
             Self::Control(Control::Truncate(_)) => "Truncate",
             Self::Control(Control::Flush(_)) => "Flush",
@@ -92,16 +113,42 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// What [`Pipeline::start`] runs on.
+#[derive(Debug)]
+pub struct PipelineParts {
+    /// The opened WAL.
+    pub wal: Wal,
+    /// The opened pending log.
+    pub pending: PendingLog,
+    /// The ring to produce into.
+    pub ring: Arc<Ring>,
+    /// The k-NN memory every logged update goes on to.
+    pub memory: Arc<Memory>,
+    /// Experiences a drift marker keeps (`engine.drift_keep`).
+    pub drift_keep: u64,
+    /// The log position the memory snapshot on disk reflects.
+    pub memory_floor: u64,
+    /// The queue's bound (`wal.queue`).
+    pub queue: usize,
+    /// Commands handled per commit at most (`wal.group_max`).
+    pub group_max: usize,
+}
+
 impl Pipeline {
-    /// Starts the writer thread over an opened WAL and a ring it will produce into.
-    /// The ring's `produced_seq` is set to the WAL's last sequence number, so a worker
-    /// learns at once of updates logged before this start.
-    pub fn start(
-        wal: Wal,
-        ring: Arc<Ring>,
-        queue: usize,
-        group_max: usize,
-    ) -> std::io::Result<Self> {
+    /// Starts the writer thread. The ring's `produced_seq` is set to the WAL's last
+    /// sequence number, so a worker learns at once of updates logged before this
+    /// start.
+    pub fn start(parts: PipelineParts) -> std::io::Result<Self> {
+        let PipelineParts {
+            wal,
+            pending,
+            ring,
+            memory,
+            drift_keep,
+            memory_floor,
+            queue,
+            group_max,
+        } = parts;
         let producer = ring.producer().ok_or_else(|| {
             std::io::Error::other("the ring already has a producer: this is a bug")
         })?;
@@ -109,10 +156,17 @@ impl Pipeline {
         let shared = Arc::new(Shared::default());
         shared.last_seq.store(wal.last_seq(), Ordering::Relaxed);
         shared.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
+        shared.memory_floor.store(memory_floor, Ordering::Relaxed);
+        shared
+            .pending_bytes
+            .store(pending.bytes(), Ordering::Relaxed);
         let (tx, rx) = sync_channel(queue);
         let writer = Writer {
             wal,
+            pending,
             producer,
+            memory,
+            drift_keep,
             shared: shared.clone(),
             group_max,
         };
@@ -159,6 +213,22 @@ impl Pipeline {
     /// Commits that failed.
     pub fn wal_errors(&self) -> u64 {
         self.shared.wal_errors.load(Ordering::Relaxed)
+    }
+
+    /// Pending predictions that could not be logged.
+    pub fn pending_dropped(&self) -> u64 {
+        self.shared.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of pending log on disk.
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A memory snapshot reflecting the log through `seq` is on disk: WAL records
+    /// at or below it are no longer needed to rebuild the memory.
+    pub fn set_memory_floor(&self, seq: u64) {
+        self.shared.memory_floor.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// The last sequence number logged once everything queued before this call is
@@ -214,7 +284,11 @@ impl Pipeline {
             Err(TrySendError::Disconnected(_)) => Err(SinkError::Closed),
             Err(TrySendError::Full(command)) => {
                 let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(command));
+                // A send that fails finds the writer gone: the caller's reply
+                // channel then reports it closed.
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.send(command);
+                });
                 Ok(())
             }
         }
@@ -222,12 +296,16 @@ impl Pipeline {
 
     fn enqueue(
         &self,
-        update: &Update,
+        update: Update,
         ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
     ) -> Result<(), SinkError> {
         let mut payload = Vec::with_capacity(codec::encoded_len(update.features.len()));
-        codec::encode(update, &mut payload);
-        match self.tx.try_send(Command::Append { payload, ack }) {
+        codec::encode(&update, &mut payload);
+        match self.tx.try_send(Command::Append {
+            payload,
+            update,
+            ack,
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(SinkError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SinkError::Closed),
@@ -237,7 +315,7 @@ impl Pipeline {
 
 impl UpdateSink for Pipeline {
     fn offer(&self, update: Update) -> Result<(), SinkError> {
-        let result = self.enqueue(&update, None);
+        let result = self.enqueue(update, None);
         if result.is_err() {
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -246,8 +324,14 @@ impl UpdateSink for Pipeline {
 
     fn submit(&self, update: Update) -> Result<Receipt, SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(&update, Some(tx))?;
+        self.enqueue(update, Some(tx))?;
         Ok(rx)
+    }
+
+    fn remember(&self, record: Vec<u8>) {
+        if self.tx.try_send(Command::Remember(record)).is_err() {
+            self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn stats(&self) -> SinkStats {
@@ -266,7 +350,10 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// The writer thread's state.
 struct Writer {
     wal: Wal,
+    pending: PendingLog,
     producer: Producer,
+    memory: Arc<Memory>,
+    drift_keep: u64,
     shared: Arc<Shared>,
     group_max: usize,
 }
@@ -275,13 +362,19 @@ impl Writer {
     fn run(mut self, rx: Receiver<Command>) {
         let mut group = Vec::with_capacity(self.group_max);
         loop {
-            let first = match rx.recv_timeout(IDLE_CHECK) {
+            // Wake for the pending log's commit when it is due, else idle.
+            let wait = self.pending.due().map_or(IDLE_CHECK, |due| {
+                due.saturating_duration_since(Instant::now())
+                    .min(IDLE_CHECK)
+            });
+            let first = match rx.recv_timeout(wait) {
                 Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => {
                     // An idle interval policy still owes its fsync.
                     if let Err(e) = self.wal.commit() {
                         tracing::error!(error = %e, "WAL commit failed");
                     }
+                    self.commit_pending(false);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -298,9 +391,21 @@ impl Writer {
             }
         }
         // Every handle is gone without a Shutdown: still leave the log durable.
-        if let Err(e) = self.wal.sync() {
+        if let Err(e) = self.wal.sync().and_then(|()| self.pending.sync()) {
             tracing::error!(error = %e, "final WAL fsync failed");
         }
+    }
+
+    /// Writes the pending log if due (or `force`); a failure is logged and counted
+    /// as lost predictions: serving goes on.
+    fn commit_pending(&mut self, force: bool) {
+        if let Err(e) = self.pending.commit(force) {
+            self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "pending log commit failed");
+        }
+        self.shared
+            .pending_bytes
+            .store(self.pending.bytes(), Ordering::Relaxed);
     }
 
     /// Handles one group; true when asked to stop.
@@ -309,21 +414,33 @@ impl Writer {
         let mut after = Vec::new();
         for command in group.drain(..) {
             match command {
-                Command::Append { payload, ack } => match self.wal.append(&payload) {
-                    Ok(seq) => appended.push((seq, payload, ack)),
+                Command::Append {
+                    payload,
+                    update,
+                    ack,
+                } => match self.wal.append(&payload) {
+                    Ok(seq) => appended.push((seq, payload, update, ack)),
                     Err(e) => {
                         if let Some(ack) = ack {
                             let _ = ack.send(Err(SinkError::Log(e.to_string())));
                         }
                     }
                 },
+                Command::Remember(record) => {
+                    if let Err(e) = self.pending.append_prediction(&record) {
+                        self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "a pending prediction was not logged");
+                    }
+                }
                 Command::Control(control) => after.push(control),
             }
         }
         if !appended.is_empty() {
             match self.wal.commit() {
                 Ok(()) => {
-                    for (seq, payload, ack) in appended {
+                    let mut acks = Vec::new();
+                    let mut answered = false;
+                    for (seq, payload, update, ack) in appended {
                         match self.producer.try_push(seq, &payload) {
                             // Full is counted in the ring header; the worker replays
                             // the record from the WAL.
@@ -335,9 +452,24 @@ impl Writer {
                                 tracing::warn!(seq, error = %e, "update not sent through the ring")
                             }
                         }
-                        if let Some(ack) = ack {
-                            let _ = ack.send(Ok(seq));
+                        if let (UpdateKind::Label, Some(id)) = (update.kind, update.origin) {
+                            answered = true;
+                            if let Err(e) = self.pending.append_answered(id) {
+                                tracing::warn!(id, error = %e, "pending log: answer not logged");
+                            }
                         }
+                        feed_memory(&self.memory, self.drift_keep, seq, update);
+                        if let Some(ack) = ack {
+                            acks.push((seq, ack));
+                        }
+                    }
+                    // A label is acknowledged only once its prediction is marked
+                    // answered, so a restart cannot join it again.
+                    if answered {
+                        self.commit_pending(true);
+                    }
+                    for (seq, ack) in acks {
+                        let _ = ack.send(Ok(seq));
                     }
                     let last = self.wal.last_seq();
                     self.producer.ring().set_produced_seq(last);
@@ -346,7 +478,7 @@ impl Writer {
                 Err(e) => {
                     self.shared.wal_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, records = appended.len(), "WAL commit failed; refusing the updates in it");
-                    for (_, _, ack) in appended {
+                    for (_, _, _, ack) in appended {
                         if let Some(ack) = ack {
                             let _ = ack.send(Err(SinkError::Log(e.to_string())));
                         }
@@ -360,13 +492,17 @@ impl Writer {
                 Control::Barrier(tx) => {
                     let _ = tx.send(self.wal.last_seq());
                 }
-                Control::Truncate(seq) => match self.wal.truncate_through(seq) {
+                Control::Truncate(seq) => match self
+                    .wal
+                    .truncate_through(seq.min(self.shared.memory_floor.load(Ordering::Relaxed)))
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(segments = n, through = seq, "WAL truncated"),
                     Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
                 },
                 Control::Flush(tx) => {
-                    let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
+                    let synced = self.wal.sync().and_then(|()| self.pending.sync());
+                    let _ = tx.send(synced.map_err(|e| e.to_string()));
                 }
                 Control::NewRing(ring, tx) => {
                     let switched = match ring.producer() {
@@ -382,11 +518,13 @@ impl Writer {
                     let _ = tx.send(switched);
                 }
                 Control::Shutdown(tx) => {
-                    let _ = tx.send(self.wal.sync().map_err(|e| e.to_string()));
+                    let synced = self.wal.sync().and_then(|()| self.pending.sync());
+                    let _ = tx.send(synced.map_err(|e| e.to_string()));
                     stop = true;
                 }
             }
         }
+        self.commit_pending(false);
         self.shared
             .wal_bytes
             .store(self.wal.bytes(), Ordering::Relaxed);
@@ -395,84 +533,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::UpdateKind;
-    use crate::wal::{FsyncPolicy, WalConfig};
-
-    fn update(i: u32) -> Update {
-        Update {
-            kind: UpdateKind::Label,
-            features: vec![i as f32; 4],
-            label: i % 3,
-            weight: 1.0,
-            model_version: 1,
-        }
-    }
-
-    fn start(dir: &std::path::Path, ring_slots: usize) -> Pipeline {
-        let (wal, _) = Wal::open(WalConfig {
-            fsync: FsyncPolicy::Never,
-            ..WalConfig::new(dir.join("wal"))
-        })
-        .unwrap();
-        let ring = Arc::new(
-            Ring::create(&dir.join("ring"), ring_slots, codec::encoded_len(4), 1).unwrap(),
-        );
-        Pipeline::start(wal, ring, 64, 16).unwrap()
-    }
-
-    #[tokio::test]
-    async fn acknowledges_in_log_order_then_feeds_the_ring_and_counts_drops() {
-        let dir = tempfile::tempdir().unwrap();
-        let pipeline = start(dir.path(), 4);
-        let mut receipts = Vec::new();
-        for i in 0..10 {
-            receipts.push(pipeline.submit(update(i)).unwrap());
-        }
-        pipeline.offer(update(10)).unwrap();
-        let mut seqs = Vec::new();
-        for r in receipts {
-            seqs.push(r.await.unwrap().unwrap());
-        }
-        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
-        assert_eq!(pipeline.barrier().await.unwrap(), 11);
-        let ring = pipeline.ring().clone();
-        assert_eq!(ring.produced_seq(), 11);
-        // Four slots: 1..=4 went through the ring, the rest were counted as drops.
-        assert_eq!((ring.depth(), ring.dropped()), (4, 7));
-        let mut consumer = ring.consumer().unwrap();
-        let mut buf = Vec::new();
-        assert_eq!(consumer.try_pop(&mut buf), Some(1));
-        assert_eq!(codec::decode(&buf).unwrap(), update(0));
-        // The WAL holds all eleven.
-        let mut logged = Vec::new();
-        crate::wal::replay(&dir.path().join("wal"), 1, |seq, bytes| {
-            logged.push((seq, codec::decode(bytes).unwrap()));
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-        assert_eq!(logged.len(), 11);
-        assert_eq!(logged[10], (11, update(10)));
-        let stats = pipeline.stats();
-        assert_eq!((stats.sent, stats.dropped), (11, 7));
-        assert!(pipeline.wal_bytes() > 0);
-    }
-
-    #[tokio::test]
-    async fn after_shutdown_updates_are_refused_and_the_log_reopens_complete() {
-        let dir = tempfile::tempdir().unwrap();
-        let pipeline = start(dir.path(), 16);
-        for i in 0..5 {
-            pipeline.offer(update(i)).unwrap();
-        }
-        pipeline.flush().await.unwrap();
-        pipeline.shutdown().await.unwrap();
-        pipeline.shutdown().await.unwrap();
-        assert_eq!(pipeline.submit(update(9)).unwrap_err(), SinkError::Closed);
-        assert_eq!(pipeline.offer(update(9)).unwrap_err(), SinkError::Closed);
-        assert_eq!(pipeline.stats().refused, 1);
-        let (wal, _) = Wal::open(WalConfig::new(dir.path().join("wal"))).unwrap();
-        assert_eq!(wal.last_seq(), 5);
-    }
-}
+mod tests;

@@ -5,11 +5,16 @@
 //! `run` takes a bound listener and a shutdown future (mini-redis style) so tests can
 //! start a real server on `127.0.0.1:0` and stop it at will.
 //!
-//! Startup order matters for "nothing acknowledged is lost": the WAL is opened (and a
-//! torn tail cut) before anything can append, the ring's `produced_seq` starts at the
-//! WAL's last record so the worker replays what a previous run left, and the worker
-//! starts from the version `serving.json` names. Shutdown runs the other way: stop
-//! taking requests, flush and fsync the WAL, stop the worker, snapshot the memory.
+//! Startup order matters for "nothing acknowledged is lost": the WAL and the pending
+//! log are opened (and a torn tail cut) before anything can append, request ids
+//! continue after the reserved ceiling, the memory is rebuilt from its snapshot and
+//! the WAL after it (`restore`), predictions still awaiting a label are put back,
+//! the ring's `produced_seq` starts at the WAL's last record so the worker replays
+//! what a previous run left, and the worker starts from the version `serving.json`
+//! names. Shutdown runs the other way: stop taking requests, flush and fsync the
+//! logs, stop the worker, snapshot the memory.
+
+pub mod restore;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,12 +27,14 @@ use tokio::net::TcpListener;
 
 use crate::alerts::Alerts;
 use crate::config::{Config, FsyncMode};
-use crate::engine::{Engine, LocalSink, UpdateSink};
+use crate::engine::ids::{self, IdsOrigin};
+use crate::engine::{Engine, EngineParts, LocalSink, RequestIds, UpdateSink};
 use crate::http::{self, AppState};
-use crate::knn::{Experience, Memory, MemoryConfig, snapshot};
+use crate::knn::{Memory, MemoryConfig};
 use crate::model::Mlp;
 use crate::supervisor::{Deps, RingFactory, StartPoint, Supervisor};
-use crate::update::pipeline::Pipeline;
+use crate::update::pending_log::PendingLog;
+use crate::update::pipeline::{Pipeline, PipelineParts};
 use crate::update::swap::{UpdateParts, UpdatePath};
 use crate::update::{Checkpoints, ServingRecord, codec};
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
@@ -66,14 +73,15 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let model = model.with_key(key);
     let memory = Memory::new(memory_config(config, model.embed_dim()))
         .context("cannot start the k-NN memory")?;
-    let engine = Engine::new(
+    let engine = Engine::new(EngineParts {
         model,
-        memory,
-        Arc::new(LocalSink::default()),
-        config.engine.clone(),
-        config.batcher.clone(),
-        config.server.max_client_batch,
-    )
+        memory: memory.clone(),
+        sink: Arc::new(LocalSink::new(memory, config.engine.drift_keep)),
+        ids: RequestIds::in_memory(),
+        config: config.engine.clone(),
+        batcher: config.batcher.clone(),
+        max_client_batch: config.server.max_client_batch,
+    })
     .context("cannot start the model thread")?;
     Ok(Arc::new(engine))
 }
@@ -83,14 +91,21 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
 pub struct Server {
     pub engine: Arc<Engine>,
     pub updates: Arc<UpdatePath>,
-    stop_swaps: tokio::sync::watch::Sender<bool>,
+    /// Stops the swap and snapshot tasks.
+    stop_tasks: tokio::sync::watch::Sender<bool>,
     memory_file: PathBuf,
+    /// What was rebuilt from the state dir, for `/v1/status`.
+    pub recovery: serde_json::Value,
 }
 
 /// The file holding the memory snapshot.
 fn memory_file(state_dir: &Path) -> PathBuf {
     state_dir.join("memory.bin")
 }
+
+/// Pending log segments: about 15k predictions each, so whole segments free up
+/// soon after their predictions expire or are pushed out.
+const PENDING_SEGMENT_BYTES: u64 = 4 << 20;
 
 /// Distinguishes the rings of several servers in one process (tests).
 static RING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -136,14 +151,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         "serving checkpoint loaded"
     );
 
+    let fsync = match config.wal.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Never => FsyncPolicy::Never,
+        FsyncMode::Interval => FsyncPolicy::IntervalMs(config.wal.fsync_interval_ms),
+    };
     let wal_config = WalConfig {
         dir: state_dir.join("wal"),
         segment_bytes: config.wal.segment_bytes,
-        fsync: match config.wal.fsync {
-            FsyncMode::Always => FsyncPolicy::Always,
-            FsyncMode::Never => FsyncPolicy::Never,
-            FsyncMode::Interval => FsyncPolicy::IntervalMs(config.wal.fsync_interval_ms),
-        },
+        fsync,
         // Numbers at or below the serving floor are settled; never hand them out again.
         start_after: record.applied_seq,
     };
@@ -162,9 +178,54 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         "WAL opened"
     );
 
+    let pending_config = WalConfig {
+        dir: state_dir.join("pending"),
+        segment_bytes: PENDING_SEGMENT_BYTES,
+        fsync,
+        start_after: 0,
+    };
+    let (commit, ttl, capacity) = (
+        Duration::from_millis(config.wal.pending_commit_ms),
+        Duration::from_secs(config.engine.pending_ttl_secs),
+        config.engine.pending_capacity,
+    );
+    let (pending_log, mut recovered) = tokio::task::spawn_blocking(move || {
+        PendingLog::open(pending_config, commit, ttl, capacity)
+    })
+    .await
+    .context("pending log opening task failed")?
+    .context("cannot open the pending log")?;
+    for repair in &recovered.report.repaired {
+        tracing::warn!(segment = %repair.segment.display(), offset = repair.offset,
+            cut_bytes = repair.cut_bytes, reason = %repair.reason, "pending log repaired: cut at the last good record");
+    }
+    let (request_ids, ids_origin) = RequestIds::open(
+        &state_dir.join("request_ids"),
+        0,
+        ids::counter_of(recovered.max_id),
+    )
+    .context("cannot reserve request ids")?;
+    match &ids_origin {
+        IdsOrigin::Damaged { reason, floor } => tracing::error!(%reason, floor,
+            "the request id reservation was unreadable; continuing far past the newest logged id"),
+        origin => tracing::info!(?origin, next = request_ids.peek(), "request ids reserved"),
+    }
+
     let memory = Memory::new(memory_config(config, model.embed_dim()))
         .context("cannot start the k-NN memory")?;
-    let model = restore_memory(&memory, model, &memory_file(&state_dir)).await?;
+    let (model, restored) = {
+        let (memory, file, wal_dir) = (
+            memory.clone(),
+            memory_file(&state_dir),
+            state_dir.join("wal"),
+        );
+        let drift_keep = config.engine.drift_keep;
+        tokio::task::spawn_blocking(move || {
+            restore::memory(&memory, &model, &file, &wal_dir, drift_keep).map(|r| (model, r))
+        })
+        .await
+        .context("memory restore task failed")??
+    };
 
     let shm = crate::ipc::default_dir();
     for stale in crate::supervisor::cleanup::remove_dead_rings(&shm) {
@@ -184,19 +245,40 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .create(1)
         .context("cannot create the shared-memory ring")?;
     let pipeline = Arc::new(
-        Pipeline::start(wal, ring, config.wal.queue, config.wal.group_max)
-            .context("cannot start the WAL writer")?,
+        Pipeline::start(PipelineParts {
+            wal,
+            pending: pending_log,
+            ring,
+            memory: memory.clone(),
+            drift_keep: config.engine.drift_keep,
+            memory_floor: restored.snapshot_seq,
+            queue: config.wal.queue,
+            group_max: config.wal.group_max,
+        })
+        .context("cannot start the WAL writer")?,
     );
     let engine = Arc::new(
-        Engine::new(
+        Engine::new(EngineParts {
             model,
             memory,
-            pipeline.clone() as Arc<dyn UpdateSink>,
-            config.engine.clone(),
-            config.batcher.clone(),
-            config.server.max_client_batch,
-        )
+            sink: pipeline.clone() as Arc<dyn UpdateSink>,
+            ids: request_ids,
+            config: config.engine.clone(),
+            batcher: config.batcher.clone(),
+            max_client_batch: config.server.max_client_batch,
+        })
         .context("cannot start the model thread")?,
+    );
+    let waiting = recovered.predictions.len();
+    let rejoinable = engine
+        .restore_pending(std::mem::take(&mut recovered.predictions))
+        .await
+        .context("cannot restore the pending predictions")?;
+    tracing::info!(
+        waiting,
+        rejoinable,
+        undecodable = recovered.undecodable,
+        "pending predictions restored"
     );
     let alerts = Alerts::start(&config.alerts);
     let worker = Supervisor::start(
@@ -215,7 +297,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     );
     let updates = UpdatePath::new(UpdateParts {
         engine: engine.clone(),
-        pipeline,
+        pipeline: pipeline.clone(),
         worker,
         alerts,
         store,
@@ -223,13 +305,42 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         config: config.swap.clone(),
         settled: record.applied_seq,
     });
-    let (stop_swaps, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(updates.clone().run_swaps(stop_rx));
+    let (stop_tasks, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(updates.clone().run_swaps(stop_rx.clone()));
+    tokio::spawn(restore::snapshot_loop(
+        engine.clone(),
+        pipeline,
+        memory_file(&state_dir),
+        Duration::from_secs(config.memory.snapshot_interval_secs),
+        stop_rx,
+    ));
+    let recovery = serde_json::json!({
+        "request_ids": match &ids_origin {
+            IdsOrigin::Fresh => serde_json::json!({"origin": "fresh"}),
+            IdsOrigin::Continued { ceiling } => serde_json::json!({"origin": "continued", "after": ceiling}),
+            IdsOrigin::Damaged { reason, floor } => serde_json::json!({"origin": "damaged", "reason": reason, "floor": floor}),
+        },
+        "pending": {
+            "waiting": waiting,
+            "restored": rejoinable,
+            "undecodable": recovered.undecodable,
+            "repaired": recovered.report.repaired.iter().map(|r| r.reason.clone()).collect::<Vec<_>>(),
+        },
+        "memory": {
+            "from_snapshot": restored.from_snapshot,
+            "snapshot_seq": restored.snapshot_seq,
+            "replayed": restored.replayed,
+            "undecodable": restored.undecodable,
+            "snapshot_damaged": restored.snapshot_damaged,
+            "ms": restored.millis,
+        },
+    });
     Ok(Server {
         engine,
         updates,
-        stop_swaps,
+        stop_tasks,
         memory_file: memory_file(&state_dir),
+        recovery,
     })
 }
 
@@ -238,105 +349,25 @@ impl Server {
     /// stopped, the memory snapshotted, the ring removed. Each step runs even if an
     /// earlier one failed; the first failure is returned.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop_swaps.send(true);
+        let _ = self.stop_tasks.send(true);
         let flushed = self.updates.pipeline().shutdown().await;
         self.updates.worker().stop().await;
         let engine = self.engine.clone();
         let file = self.memory_file.clone();
         let saved = tokio::task::spawn_blocking(move || {
+            // Everything queued reaches the store first, so the snapshot reflects
+            // the whole log.
             engine.memory().shutdown();
-            let model = engine.model();
-            snapshot::write(
-                &file,
-                &engine.memory().snapshot(),
-                model.version(),
-                model.input_dim(),
-                model.embed_dim(),
-            )
+            restore::write_snapshot(engine.memory(), &engine.model(), &file)
         })
         .await;
         if let Err(e) = self.updates.pipeline().ring().remove() {
             tracing::warn!(error = %e, "cannot remove the ring file");
         }
         flushed.context("cannot flush the WAL")?;
-        saved
-            .context("memory snapshot task failed")?
-            .context("cannot snapshot the memory")?;
+        saved.context("memory snapshot task failed")??;
         Ok(())
     }
-}
-
-/// Refills the memory from its snapshot. Embeddings written under another model
-/// version are recomputed from the stored features. A damaged snapshot is reported
-/// and set aside (renamed `.corrupt`): the server starts with an empty memory rather
-/// than not at all.
-async fn restore_memory(memory: &Arc<Memory>, model: Mlp, file: &Path) -> anyhow::Result<Mlp> {
-    let (memory, file) = (memory.clone(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        restore_blocking(&memory, &model, &file);
-        model
-    })
-    .await
-    .context("memory restore task failed")
-}
-
-fn restore_blocking(memory: &Memory, model: &Mlp, file: &Path) {
-    let snap = match snapshot::read(file, model.input_dim(), model.embed_dim()) {
-        Ok(Some(snap)) => snap,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "the memory snapshot is unusable; starting with an empty memory");
-            let _ = std::fs::rename(file, file.with_extension("bin.corrupt"));
-            return;
-        }
-    };
-    let mut experiences = snap.experiences;
-    if snap.model_version != model.version()
-        && let Err(e) = reembed(model, &mut experiences)
-    {
-        tracing::error!(error = %e, "cannot re-embed the memory snapshot; starting with an empty memory");
-        return;
-    }
-    let mut restored = 0usize;
-    for e in experiences {
-        // The insert queue is bounded: wait for the indexer rather than drop.
-        for _ in 0..10_000 {
-            match memory.submit(e.clone()) {
-                Ok(()) => {
-                    restored += 1;
-                    break;
-                }
-                Err(crate::knn::KnnError::QueueFull { .. }) => {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "a snapshot experience was refused");
-                    break;
-                }
-            }
-        }
-    }
-    memory.flush(Duration::from_secs(30));
-    tracing::info!(
-        restored,
-        from_version = snap.model_version,
-        "memory restored from its snapshot"
-    );
-}
-
-/// Recomputes embeddings with `model`, in batches.
-fn reembed(model: &Mlp, experiences: &mut [Experience]) -> Result<(), crate::model::ModelError> {
-    for chunk in experiences.chunks_mut(256) {
-        let inputs: Vec<f32> = chunk
-            .iter()
-            .flat_map(|e| e.features.iter().copied())
-            .collect();
-        let out = model.forward(&inputs, chunk.len())?;
-        for (i, e) in chunk.iter_mut().enumerate() {
-            e.embedding = out.embedding_row(i).to_vec();
-        }
-    }
-    Ok(())
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests for
@@ -359,6 +390,7 @@ pub async fn run(
         Some(server.updates.clone()),
         config.server.clone(),
     );
+    let _ = state.recovery.set(server.recovery.clone());
     state.set_ready(true);
     let (stop_monitor, monitor_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::monitor::Monitor::run(

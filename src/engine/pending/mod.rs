@@ -13,12 +13,14 @@
 //! step when tombstones pile up (a 17 MB jump of resident memory at the default
 //! capacity, mid-run, seen in the soak), and it hashes on every request.
 
+pub mod log;
+
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 /// What a later label needs from its prediction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PendingPrediction {
     /// Raw features, as the client sent them.
     pub features: Vec<f32>,
@@ -123,6 +125,16 @@ impl PendingMap {
         let entry = s.slots[at].take()?;
         s.len -= 1;
         (now.duration_since(entry.at) <= self.ttl).then_some(entry.prediction)
+    }
+
+    /// How long an entry waits for its label.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How many entries the map holds at most.
+    pub fn capacity(&self) -> usize {
+        self.inner.lock().slots.len()
     }
 
     /// Entries held.

@@ -1,0 +1,235 @@
+//! What a starting server rebuilds from its state dir, and the memory snapshots that
+//! keep that rebuild short.
+//!
+//! - **The k-NN memory** is the newest snapshot (`memory.bin`) plus every update the
+//!   WAL holds after the snapshot's position, fed through the same queue and in the
+//!   same order as the live path fed them (labels, pseudo-labels, drift markers), so
+//!   it comes back as it was: the memory is a view of the log. Keys are recomputed
+//!   by the serving model (a snapshot's own are kept when its version serves).
+//! - **Snapshots** are written every `memory.snapshot_interval_secs` off the request
+//!   path; each lets the WAL be truncated up to its position.
+//!
+//! Damage never stops a start: an unreadable snapshot is set aside (`.corrupt`) and
+//! the memory is rebuilt from whatever the WAL still holds; an undecodable WAL record
+//! is skipped and counted.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::engine::{Update, UpdateKind};
+use crate::knn::{Experience, KnnError, Memory, snapshot};
+use crate::model::Mlp;
+use crate::update::codec;
+
+/// What the memory was rebuilt from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryRestore {
+    /// Experiences read from the snapshot.
+    pub from_snapshot: usize,
+    /// The snapshot's log position (0: none, or unusable).
+    pub snapshot_seq: u64,
+    /// WAL records replayed after it.
+    pub replayed: u64,
+    /// WAL records that could not be decoded (skipped).
+    pub undecodable: u64,
+    /// The snapshot was unusable and set aside.
+    pub snapshot_damaged: bool,
+    /// How long the rebuild took.
+    pub millis: u64,
+}
+
+/// Rebuilds `memory` from the snapshot in `file` and the WAL in `wal_dir`.
+/// `drift_keep` is `engine.drift_keep`. Blocking: run it off the async threads.
+pub fn memory(
+    memory: &Memory,
+    model: &Mlp,
+    file: &Path,
+    wal_dir: &Path,
+    drift_keep: u64,
+) -> anyhow::Result<MemoryRestore> {
+    let started = Instant::now();
+    let mut out = MemoryRestore::default();
+    match snapshot::read(file, model.input_dim(), model.embed_dim()) {
+        Ok(None) => {}
+        Ok(Some(snap)) => {
+            let mut experiences = snap.experiences;
+            if snap.model_version != model.version() {
+                reembed(model, &mut experiences).context("cannot re-embed the memory snapshot")?;
+            }
+            out.from_snapshot = experiences.len();
+            out.snapshot_seq = snap.logged_seq;
+            for e in experiences {
+                push(|| memory.submit_logged(e.clone(), snap.logged_seq));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the memory snapshot is unusable; rebuilding the memory from the WAL alone");
+            let _ = std::fs::rename(file, file.with_extension("bin.corrupt"));
+            out.snapshot_damaged = true;
+        }
+    }
+    // The WAL after the snapshot, in chunks: keys are computed a batch at a time.
+    let mut chunk: Vec<(u64, Update)> = Vec::with_capacity(CHUNK);
+    let mut failed = None;
+    crate::wal::replay(wal_dir, out.snapshot_seq + 1, |seq, bytes| {
+        match codec::decode(bytes) {
+            Ok(update) => chunk.push((seq, update)),
+            Err(e) => {
+                out.undecodable += 1;
+                tracing::error!(seq, error = %e, "WAL record cannot be decoded; the memory skips it");
+                return ControlFlow::Continue(());
+            }
+        }
+        out.replayed += 1;
+        if chunk.len() == CHUNK
+            && let Err(e) = apply(memory, model, drift_keep, &mut chunk)
+        {
+            failed = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })
+    .context("cannot replay the WAL into the memory")?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    apply(memory, model, drift_keep, &mut chunk)?;
+    memory.flush(Duration::from_secs(60));
+    out.millis = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        from_snapshot = out.from_snapshot,
+        snapshot_seq = out.snapshot_seq,
+        replayed = out.replayed,
+        experiences = memory.len(),
+        ms = out.millis,
+        "memory restored"
+    );
+    Ok(out)
+}
+
+/// Records whose keys are computed in one forward pass.
+const CHUNK: usize = 256;
+
+/// Keys the chunk's labels and pseudo-labels with `model`, then feeds the chunk to
+/// the memory in log order.
+fn apply(
+    memory: &Memory,
+    model: &Mlp,
+    drift_keep: u64,
+    chunk: &mut Vec<(u64, Update)>,
+) -> anyhow::Result<()> {
+    let dim = model.input_dim();
+    let keyed: Vec<usize> = (0..chunk.len())
+        .filter(|&i| chunk[i].1.kind != UpdateKind::Drift && chunk[i].1.features.len() == dim)
+        .collect();
+    if !keyed.is_empty() {
+        let inputs: Vec<f32> = keyed
+            .iter()
+            .flat_map(|&i| chunk[i].1.features.iter().copied())
+            .collect();
+        let out = model
+            .forward(&inputs, keyed.len())
+            .context("cannot key the WAL's experiences")?;
+        for (row, &i) in keyed.iter().enumerate() {
+            chunk[i].1.key = Some(out.embedding_row(row).to_vec());
+        }
+    }
+    for (seq, update) in chunk.drain(..) {
+        match update.kind {
+            UpdateKind::Drift => {
+                if drift_keep > 0 {
+                    push(|| memory.forget_logged(drift_keep, seq));
+                }
+            }
+            UpdateKind::Label | UpdateKind::Pseudo => {
+                let Some(embedding) = update.key else {
+                    continue;
+                };
+                let e = Experience {
+                    embedding,
+                    features: update.features,
+                    label: update.label,
+                    trust: update.trust,
+                    priority: update.priority,
+                    origin: update.origin,
+                };
+                push(|| memory.submit_logged(e.clone(), seq));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Retries `submit` while the insert queue is full: a restore waits for the indexer
+/// rather than drop. Any other refusal is logged and skipped.
+fn push(mut submit: impl FnMut() -> Result<(), KnnError>) {
+    loop {
+        match submit() {
+            Ok(()) => return,
+            Err(KnnError::QueueFull { .. }) => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => {
+                tracing::warn!(error = %e, "an experience was refused while restoring the memory");
+                return;
+            }
+        }
+    }
+}
+
+/// Recomputes embeddings with `model`, in batches.
+fn reembed(model: &Mlp, experiences: &mut [Experience]) -> Result<(), crate::model::ModelError> {
+    for chunk in experiences.chunks_mut(CHUNK) {
+        let inputs: Vec<f32> = chunk
+            .iter()
+            .flat_map(|e| e.features.iter().copied())
+            .collect();
+        let out = model.forward(&inputs, chunk.len())?;
+        for (i, e) in chunk.iter_mut().enumerate() {
+            e.embedding = out.embedding_row(i).to_vec();
+        }
+    }
+    Ok(())
+}
+
+/// Writes the memory's snapshot under `model`'s shape; returns the log position it
+/// reflects.
+pub fn write_snapshot(memory: &Memory, model: &Mlp, file: &Path) -> anyhow::Result<u64> {
+    let shape = snapshot::Shape {
+        model_version: model.version(),
+        input_dim: model.input_dim(),
+        embed_dim: model.embed_dim(),
+    };
+    snapshot::save(memory, shape, file).context("cannot snapshot the memory")
+}
+
+/// Snapshots the memory every `every` until `stop` turns true, each time letting the
+/// WAL be truncated up to the snapshot's position.
+pub async fn snapshot_loop(
+    engine: Arc<crate::engine::Engine>,
+    pipeline: Arc<crate::update::pipeline::Pipeline>,
+    file: PathBuf,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (engine, file) = (engine.clone(), file.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            write_snapshot(engine.memory(), &engine.model(), &file)
+        })
+        .await;
+        match written {
+            Ok(Ok(seq)) => pipeline.set_memory_floor(seq),
+            Ok(Err(e)) => tracing::warn!(error = %e, "periodic memory snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "periodic memory snapshot task failed"),
+        }
+    }
+}

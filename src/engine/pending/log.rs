@@ -1,0 +1,199 @@
+//! The pending log's records: what a restarted server needs to join a label to a
+//! prediction answered before the restart.
+//!
+//! The WAL writer keeps these in `state_dir/pending/` (a log of the WAL's own
+//! segment format, see `crate::update::pipeline`): one record per prediction,
+//! logged when it is answered, and one per label that joined a prediction, so a
+//! restart neither forgets a prediction nor joins one twice. Little-endian:
+//!
+//! ```text
+//! prediction: 1 u8 | flags u8 | 0 u16 | predicted u32 | id u64 | unix_ms u64 | model_version u64
+//!             d u32 | k u32 | features [f32; d] | p_model [f32; k] | p_knn? | p_lin? | p_forest?
+//! answered:   2 u8 | 0 u8 | 0 u16 | 0 u32 | id u64 | unix_ms u64
+//! ```
+//!
+//! `flags`: bit 0 the answer became a pseudo-label, bits 1–3 the neighbours, the
+//! linear voter and the forest voted (their distributions follow, in that order).
+//! The embedding is not kept: a restart recomputes it with the serving model.
+
+use super::PendingPrediction;
+
+const PREDICTION: u8 = 1;
+const ANSWERED: u8 = 2;
+const PSEUDO: u8 = 1;
+const KNN: u8 = 2;
+const LINEAR: u8 = 4;
+const FOREST: u8 = 8;
+const HEAD: usize = 24;
+
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A prediction answered at `unix_ms` (its embedding left empty).
+    Prediction {
+        id: u64,
+        unix_ms: u64,
+        prediction: PendingPrediction,
+    },
+    /// A label joined prediction `id`.
+    Answered { id: u64 },
+}
+
+/// Why a record cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("a pending record of {0} bytes is too short")]
+    Short(usize),
+    #[error("unknown pending record tag {0}")]
+    Tag(u8),
+    #[error("a pending record's {declared} bytes of vectors do not match its {found}")]
+    Length { declared: usize, found: usize },
+}
+
+/// Milliseconds since the Unix epoch: the records' clock, which outlives a restart
+/// (an `Instant` does not).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The record of prediction `id`.
+pub fn encode_prediction(id: u64, unix_ms: u64, p: &PendingPrediction) -> Vec<u8> {
+    let k = p.p_model.len();
+    let voters = [(KNN, &p.p_knn), (LINEAR, &p.p_lin), (FOREST, &p.p_forest)];
+    let mut flags = if p.pseudo { PSEUDO } else { 0 };
+    for (bit, dist) in voters {
+        if dist.is_some() {
+            flags |= bit;
+        }
+    }
+    let floats = p.features.len() + k * (1 + flags.count_ones() as usize);
+    let mut out = Vec::with_capacity(HEAD + 16 + 4 * floats);
+    head(&mut out, PREDICTION, flags, p.predicted, id, unix_ms);
+    out.extend_from_slice(&p.model_version.to_le_bytes());
+    out.extend_from_slice(&(p.features.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(k as u32).to_le_bytes());
+    let dists = voters.into_iter().filter_map(|(_, d)| d.as_deref());
+    for v in p.features.iter().chain(&p.p_model).chain(dists.flatten()) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// The record saying a label joined prediction `id`.
+pub fn encode_answered(id: u64, unix_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD);
+    head(&mut out, ANSWERED, 0, 0, id, unix_ms);
+    out
+}
+
+fn head(out: &mut Vec<u8>, tag: u8, flags: u8, predicted: u32, id: u64, unix_ms: u64) {
+    out.extend_from_slice(&[tag, flags, 0, 0]);
+    out.extend_from_slice(&predicted.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&unix_ms.to_le_bytes());
+}
+
+/// Parses one record.
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    if bytes.len() < HEAD {
+        return Err(RecordError::Short(bytes.len()));
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (tag, flags, id, unix_ms) = (bytes[0], bytes[1], u64_at(8), u64_at(16));
+    match tag {
+        ANSWERED => return Ok(Record::Answered { id }),
+        PREDICTION => {}
+        other => return Err(RecordError::Tag(other)),
+    }
+    if bytes.len() < HEAD + 16 {
+        return Err(RecordError::Short(bytes.len()));
+    }
+    let (d, k) = (u32_at(HEAD + 8) as usize, u32_at(HEAD + 12) as usize);
+    let dists = 1 + (flags & (KNN | LINEAR | FOREST)).count_ones() as usize;
+    let declared = d
+        .checked_add(k.saturating_mul(dists))
+        .map_or(usize::MAX, |n| n.saturating_mul(4));
+    let body = &bytes[HEAD + 16..];
+    if body.len() != declared {
+        return Err(RecordError::Length {
+            declared,
+            found: body.len(),
+        });
+    }
+    let mut floats = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let mut take = |n: usize| floats.by_ref().take(n).collect::<Vec<f32>>();
+    let features = take(d);
+    let p_model = take(k);
+    let mut voted = |bit: u8| (flags & bit != 0).then(|| take(k));
+    let (p_knn, p_lin, p_forest) = (voted(KNN), voted(LINEAR), voted(FOREST));
+    Ok(Record::Prediction {
+        id,
+        unix_ms,
+        prediction: PendingPrediction {
+            features,
+            embedding: Vec::new(),
+            p_model,
+            p_knn,
+            p_lin,
+            p_forest,
+            predicted: u32_at(4),
+            pseudo: flags & PSEUDO != 0,
+            model_version: u64_at(HEAD),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dist() -> impl Strategy<Value = Vec<f32>> {
+        proptest::collection::vec(0.0f32..1.0, 3)
+    }
+
+    proptest! {
+        #[test]
+        fn predictions_round_trip(id: u64, unix_ms: u64, version: u64, predicted in 0u32..3,
+                                  pseudo: bool,
+                                  features in proptest::collection::vec(-1e6f32..1e6, 0..20),
+                                  p_model in dist(),
+                                  p_knn in proptest::option::of(dist()),
+                                  p_lin in proptest::option::of(dist()),
+                                  p_forest in proptest::option::of(dist())) {
+            let p = PendingPrediction {
+                features, embedding: Vec::new(), p_model, p_knn, p_lin, p_forest,
+                predicted, pseudo, model_version: version,
+            };
+            let bytes = encode_prediction(id, unix_ms, &p);
+            prop_assert_eq!(decode(&bytes), Ok(Record::Prediction { id, unix_ms, prediction: p }));
+            // Any cut is refused, never misread.
+            for cut in [0, 1, HEAD - 1, HEAD + 3, bytes.len() - 1] {
+                if cut < bytes.len() {
+                    prop_assert!(decode(&bytes[..cut]).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn answered_round_trips_and_unknown_tags_are_refused() {
+        assert_eq!(
+            decode(&encode_answered(42, 7)),
+            Ok(Record::Answered { id: 42 })
+        );
+        let mut bytes = encode_answered(42, 7);
+        bytes[0] = 9;
+        assert_eq!(decode(&bytes), Err(RecordError::Tag(9)));
+    }
+}
