@@ -95,6 +95,8 @@ pub struct EngineStatus {
     pub drift_active: bool,
     pub drifts: u64,
     pub pending: usize,
+    /// Heap bytes the pending predictions hold.
+    pub pending_bytes: u64,
     pub updates: SinkStats,
 }
 
@@ -319,6 +321,7 @@ impl Engine {
             drift_active: self.gate.drift_active(),
             drifts: self.gate.drifts(),
             pending: self.pending.len(),
+            pending_bytes: self.pending.heap_bytes(),
             updates: self.sink.stats(),
         }
     }

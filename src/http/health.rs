@@ -283,6 +283,7 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
             "pseudo_precision": ratio(&e.pseudo_correct, &e.pseudo_scored),
         },
         "pending_predictions": s.pending,
+        "pending_predictions_bytes": s.pending_bytes,
         "pending_log": state.updates.as_ref().map(|u| json!({
             "bytes": u.pipeline().pending_bytes(),
             "dropped": u.pipeline().pending_dropped(),

@@ -31,6 +31,20 @@ pub struct SimulateArgs {
     /// Probability per second of a chaos event
     #[arg(long, default_value_t = 0.01)]
     pub crash_probability: f64,
+    /// With --chaos, the probability per second of a SIGKILL of the server itself,
+    /// restarted on its state dir and port (our own server only, not --url)
+    #[arg(long, default_value_t = 0.002)]
+    pub server_crash_probability: f64,
+    /// Labels for predictions answered within this many ms of a server crash may be
+    /// refused (the pending log's commit window, `wal.pending_commit_ms`, plus
+    /// scheduling slack; an answer read just after the kill was written before
+    /// it); any other refused label fails the run
+    #[arg(long, default_value_t = 300)]
+    pub commit_window_ms: u64,
+    /// Check: labels refused for predictions answered before a server crash and
+    /// outside the commit window
+    #[arg(long, default_value_t = 0.0)]
+    pub max_refused_labels: f64,
     /// With --chaos, the share of k-NN searches made to fail on purpose (0 = none)
     #[arg(long, default_value_t = 0.001)]
     pub knn_fault_rate: f64,
@@ -52,7 +66,9 @@ pub struct SimulateArgs {
     /// Share of the run treated as warm-up for the memory-growth check
     #[arg(long, default_value_t = 0.2)]
     pub warmup_fraction: f64,
-    /// Check: RSS at the end over RSS after warm-up
+    /// Check: RSS at the end over RSS after warm-up, both less the heap bytes of
+    /// the predictions awaiting a label (a bounded fill that takes the pending TTL,
+    /// 10 minutes, to complete), within the server's last run
     #[arg(long, default_value_t = 1.15)]
     pub max_memory_growth: f64,
     /// Check: the model queue's largest depth
@@ -101,6 +117,7 @@ impl SimulateArgs {
             "--duration must be longer than zero"
         );
         share("crash-probability", self.crash_probability)?;
+        share("server-crash-probability", self.server_crash_probability)?;
         share("knn-fault-rate", self.knn_fault_rate)?;
         share("label-fraction", self.label_fraction)?;
         anyhow::ensure!(

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::SimulateArgs;
-use super::run::Outcome;
+use super::run::{Outcome, Sample};
 
 /// One check's verdict.
 #[derive(Debug, Clone, Serialize)]
@@ -35,17 +35,26 @@ fn check(name: &'static str, value: f64, rule: &'static str, threshold: f64) -> 
 /// All checks of a run.
 pub fn evaluate(args: &SimulateArgs, o: &Outcome) -> Vec<Check> {
     let samples = &o.samples;
-    // Memory growth: the last RSS over the RSS at the end of warm-up.
-    let warm_t = args.duration.as_secs_f64() * args.warmup_fraction;
+    // Memory growth: the last RSS over the RSS at the end of warm-up, within the
+    // server's last run (a restarted server starts small), each less what the
+    // pending predictions hold: that map fills for the pending TTL (10 minutes) up
+    // to its bound, and a fill is not a leak.
+    let restarted = o
+        .crashes
+        .iter()
+        .filter(|c| c.process == "server")
+        .map(|c| c.t + c.recovered_after.unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    let warm_t = (args.duration.as_secs_f64() * args.warmup_fraction).max(restarted);
+    let unexplained = |s: &Sample| s.rss_bytes.saturating_sub(s.pending_bytes) as f64;
+    let last = samples.iter().rev().find(|s| s.rss_bytes > 0);
+    // A last run shorter than a sample is judged from its one sample (no growth).
     let warm = samples
         .iter()
         .find(|s| s.t >= warm_t && s.rss_bytes > 0)
-        .map(|s| s.rss_bytes as f64);
-    let last = samples
-        .iter()
-        .rev()
-        .find(|s| s.rss_bytes > 0)
-        .map(|s| s.rss_bytes as f64);
+        .or(last)
+        .map(unexplained);
+    let last = last.map(unexplained);
     let growth = match (warm, last) {
         (Some(w), Some(l)) if w > 0.0 => l / w,
         _ => f64::NAN,
@@ -81,6 +90,12 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome) -> Vec<Check> {
     let update_rate = applied * 60.0 / o.duration_secs.max(1.0);
     vec![
         check("memory_growth_ratio", growth, "<=", args.max_memory_growth),
+        check(
+            "pre_crash_labels_refused",
+            o.labels_refused_outside_window as f64,
+            "<=",
+            args.max_refused_labels,
+        ),
         check("max_queue", max_queue, "<=", args.max_queue),
         check(
             "knn_failure_rate",
@@ -117,7 +132,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::simulate::run::{Crash, Sample};
+    use crate::simulate::run::Crash;
 
     #[derive(Parser)]
     struct Cli {
@@ -138,6 +153,7 @@ mod tests {
             ring_depth: 0,
             queue,
             wal_bytes: wal_kib << 10,
+            pending_bytes: 0,
             worker_pid: Some(7),
             worker_state: "running".into(),
             restarts: 0,
@@ -163,6 +179,9 @@ mod tests {
             failed: 0,
             feedback_ok: 300,
             feedback_failed: 0,
+            labels_refused_outside_window: 0,
+            labels_refused_in_window: 2,
+            labels_refused_after_retry: 1,
             p50_ms: 1.0,
             p99_ms: 2.0,
             p999_ms: 3.0,
@@ -174,6 +193,7 @@ mod tests {
                 .collect(),
             crashes: vec![Crash {
                 t: 30.0,
+                process: "worker",
                 signal: "SIGKILL",
                 pid: 7,
                 recovered_after: Some(0.5),
@@ -200,7 +220,7 @@ mod tests {
     #[test]
     fn a_healthy_run_passes_every_check_with_its_figures() {
         let checks = evaluate(&args(&[]), &healthy());
-        assert_eq!(checks.len(), 8);
+        assert_eq!(checks.len(), 9);
         assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
         // RSS 60 MiB at the end over 60 MiB at the end of warm-up (t = 20 s).
         assert!((verdict(&checks, "memory_growth_ratio").value - 1.0).abs() < 1e-9);
@@ -216,9 +236,12 @@ mod tests {
     #[test]
     fn each_fault_fails_its_own_check_only() {
         type Break = fn(&mut Outcome);
-        let cases: [(&str, Break); 8] = [
+        let cases: [(&str, Break); 9] = [
             ("memory_growth_ratio", |o| {
                 o.samples.last_mut().expect("samples").rss_bytes = 80 << 20
+            }),
+            ("pre_crash_labels_refused", |o| {
+                o.labels_refused_outside_window = 1
             }),
             ("max_queue", |o| o.samples[50].queue = 501),
             ("knn_failure_rate", |o| {
@@ -258,6 +281,51 @@ mod tests {
         assert!(!verdict(&checks, "accuracy_gain_over_frozen").passed);
         let slow = args(&["--max-recovery-secs", "0.1"]);
         assert!(!verdict(&evaluate(&slow, &o), "crashes_recovered").passed);
+    }
+
+    #[test]
+    fn a_filling_pending_map_is_not_growth_but_a_leak_is() {
+        let mut o = healthy();
+        // 30 MiB of pending predictions fill in over the run, as the RSS rises.
+        for s in &mut o.samples {
+            s.pending_bytes = (s.t as u64 * 300) << 10;
+            s.rss_bytes += s.pending_bytes;
+        }
+        let checks = evaluate(&args(&[]), &o);
+        assert!(
+            verdict(&checks, "memory_growth_ratio").passed,
+            "{checks:#?}"
+        );
+        // The same rise with nothing to account for it is a leak.
+        for s in &mut o.samples {
+            s.pending_bytes = 0;
+        }
+        let checks = evaluate(&args(&[]), &o);
+        assert!(!verdict(&checks, "memory_growth_ratio").passed);
+    }
+
+    #[test]
+    fn growth_is_judged_within_the_servers_last_run() {
+        let mut o = healthy();
+        // The server restarted at 60 s, small, and grew back to 60 MiB by 62 s.
+        for s in o.samples.iter_mut().filter(|s| (60.0..62.0).contains(&s.t)) {
+            s.rss_bytes = 30 << 20;
+        }
+        o.crashes.push(Crash {
+            t: 60.0,
+            process: "server",
+            signal: "SIGKILL",
+            pid: 9,
+            recovered_after: Some(0.5),
+        });
+        let checks = evaluate(&args(&[]), &o);
+        // Judged from 60.5 s: 30 MiB then, 60 at the end.
+        assert!(!verdict(&checks, "memory_growth_ratio").passed);
+        for s in o.samples.iter_mut().filter(|s| (60.0..62.0).contains(&s.t)) {
+            s.rss_bytes = 60 << 20;
+        }
+        let checks = evaluate(&args(&[]), &o);
+        assert!(verdict(&checks, "memory_growth_ratio").passed);
     }
 
     #[test]

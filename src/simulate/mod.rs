@@ -11,6 +11,7 @@
 
 mod args;
 mod checks;
+mod load;
 mod report;
 mod run;
 mod sink;

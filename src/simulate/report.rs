@@ -26,6 +26,8 @@ pub fn write_results(
             "rate": args.rate,
             "chaos": args.chaos,
             "crash_probability": args.crash_probability,
+            "server_crash_probability": args.server_crash_probability,
+            "commit_window_ms": args.commit_window_ms,
             "knn_fault_rate": outcome.knn_fault_rate,
             "label_fraction": args.label_fraction,
             "seed": args.seed,
@@ -44,6 +46,10 @@ pub fn write_results(
             "accuracy": outcome.accuracy,
             "frozen_accuracy": outcome.frozen_accuracy,
             "crashes": outcome.crashes.len(),
+            "server_crashes": outcome.crashes.iter().filter(|c| c.process == "server").count(),
+            "labels_refused_outside_window": outcome.labels_refused_outside_window,
+            "labels_refused_in_window": outcome.labels_refused_in_window,
+            "labels_refused_after_retry": outcome.labels_refused_after_retry,
             "synced": outcome.synced,
             "knn_faults_injected": outcome.final_status["knn_faults_injected"],
             "failing_webhook_calls": outcome.failing_webhook_calls,
@@ -65,14 +71,15 @@ fn series(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Vec<(f64, f
         .collect()
 }
 
-/// The injected faults as plot markers: red SIGKILL, orange SIGSTOP, green recovery.
+/// The injected faults as plot markers: purple a server SIGKILL, red a worker
+/// SIGKILL, orange a worker SIGSTOP, green recovery.
 fn markers(crashes: &[Crash]) -> Vec<Marker> {
     let mut marks = Vec::new();
     for c in crashes {
-        let color = if c.signal == "SIGKILL" {
-            RED
-        } else {
-            RGBColor(230, 140, 0)
+        let color = match (c.process, c.signal) {
+            ("server", _) => RGBColor(130, 0, 170),
+            (_, "SIGKILL") => RED,
+            _ => RGBColor(230, 140, 0),
         };
         marks.push(Marker { x: c.t, color });
         if let Some(r) = c.recovered_after {
@@ -100,7 +107,8 @@ fn smooth(points: Vec<(f64, f64)>, w: usize) -> Vec<(f64, f64)> {
 }
 
 /// Writes `report.html`: the checks, the figures, and four plots with the injected
-/// faults marked (red SIGKILL, orange SIGSTOP, green recovery).
+/// faults marked (purple server SIGKILL, red worker SIGKILL, orange SIGSTOP, green
+/// recovery).
 pub fn write_report(
     dir: &Path,
     args: &SimulateArgs,
@@ -213,8 +221,9 @@ pub fn write_report(
         .iter()
         .map(|c| {
             format!(
-                "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{:.0} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 c.t,
+                c.process,
                 c.signal,
                 c.pid,
                 c.recovered_after
@@ -226,11 +235,12 @@ pub fn write_report(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>adaptserve simulation</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.fail{{background:#fdd}}tr.ok{{background:#dfd}}</style></head><body>
 <h1>adaptserve simulation: {verdict}</h1>
-<p>{duration:.0} s at {rate} req/s, chaos {chaos} (p = {p}/s), label fraction {lf}, seed {seed}.
+<p>{duration:.0} s at {rate} req/s, chaos {chaos} (worker p = {p}/s, server p = {ps}/s), label fraction {lf}, seed {seed}.
 {sent} requests, {ok} answered, {failed} failed; latency p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.1} ms;
 accuracy {acc:.4} against the frozen model's {facc:.4}.</p>
 <h2>Checks</h2><table><tr><th>check</th><th>value</th><th>threshold</th><th></th></tr>{rows}</table>
-<h2>Injected faults</h2><table><tr><th>at</th><th>signal</th><th>worker pid</th><th>recovered after</th></tr>{crashes}</table>
+<p>Labels for predictions answered before a server crash: {refused_out} refused outside the commit window ({window} ms), {refused_in} inside it, {refused_retry} refused after a retry across the crash (their first attempt may have been logged).</p>
+<h2>Injected faults</h2><table><tr><th>at</th><th>process</th><th>signal</th><th>pid</th><th>recovered after</th></tr>{crashes}</table>
 <h2>Over time</h2>{p0}{p1}{p2}{p3}
 </body></html>"#,
         verdict = if passed { "passed" } else { "FAILED" },
@@ -238,6 +248,11 @@ accuracy {acc:.4} against the frozen model's {facc:.4}.</p>
         rate = args.rate,
         chaos = args.chaos,
         p = args.crash_probability,
+        ps = args.server_crash_probability,
+        refused_out = o.labels_refused_outside_window,
+        refused_in = o.labels_refused_in_window,
+        refused_retry = o.labels_refused_after_retry,
+        window = args.commit_window_ms,
         lf = args.label_fraction,
         seed = args.seed,
         sent = o.sent,

@@ -8,7 +8,7 @@
 //! adaptive server and the frozen model are scored on exactly the same inputs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,13 +21,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::SimulateArgs;
+use super::load::{self, Counters, Scores};
 use super::stream::{StreamConfig, SyntheticStream};
 use super::target::Target;
 use crate::model::Mlp;
-
-/// Most requests in flight before the client itself counts new ones as failed: a
-/// bound on the simulator's own memory when the server stops answering.
-const MAX_IN_FLIGHT: u64 = 20_000;
 
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +34,8 @@ pub struct Sample {
     pub ring_depth: u64,
     pub queue: u64,
     pub wal_bytes: u64,
+    /// Heap bytes of the predictions awaiting a label (a bounded fill, not a leak).
+    pub pending_bytes: u64,
     pub worker_pid: Option<u64>,
     pub worker_state: String,
     pub restarts: u64,
@@ -56,42 +55,11 @@ pub struct Sample {
 #[derive(Debug, Clone, Serialize)]
 pub struct Crash {
     pub t: f64,
+    /// `worker` or `server`.
+    pub process: &'static str,
     pub signal: &'static str,
     pub pid: u64,
     pub recovered_after: Option<f64>,
-}
-
-/// Counters the load tasks share.
-#[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-    in_flight: AtomicU64,
-    feedback_ok: AtomicU64,
-    feedback_failed: AtomicU64,
-}
-
-/// Latency and accuracy, per window and in total (a short lock per request).
-struct Scores {
-    window: Histogram<u64>,
-    total: Histogram<u64>,
-    hits: (u64, u64, u64),
-    total_hits: (u64, u64, u64),
-}
-
-impl Scores {
-    fn new() -> Self {
-        // 1 µs .. 10 min at 3 significant digits.
-        let h =
-            || Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds: this is a bug");
-        Self {
-            window: h(),
-            total: h(),
-            hits: (0, 0, 0),
-            total_hits: (0, 0, 0),
-        }
-    }
 }
 
 /// Everything the run measured.
@@ -103,6 +71,13 @@ pub struct Outcome {
     pub failed: u64,
     pub feedback_ok: u64,
     pub feedback_failed: u64,
+    /// Labels refused for predictions answered outside the commit window before
+    /// every server crash (see `load`).
+    pub labels_refused_outside_window: u64,
+    /// Labels refused for predictions answered within it.
+    pub labels_refused_in_window: u64,
+    /// Labels refused after a first attempt met a dead server.
+    pub labels_refused_after_retry: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -203,97 +178,21 @@ pub async fn drive(
     let end = start + args.duration;
 
     // The open-loop generator.
-    let load = {
-        let (http, stream, counters, scores, frozen) = (
-            http.clone(),
-            stream.clone(),
-            counters.clone(),
-            scores.clone(),
-            frozen.clone(),
-        );
-        let (base, rate, fraction, delay, seed) = (
-            target.base.clone(),
-            args.rate,
-            args.label_fraction,
-            args.label_delay,
-            args.seed,
-        );
-        tokio::spawn(async move {
-            let mut labels = ChaCha8Rng::seed_from_u64(seed ^ 0x1abe1);
-            for i in 0u64.. {
-                let at = start + Duration::from_secs_f64(i as f64 / rate);
-                if at >= end {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                if counters.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let feedback = labels.random::<f64>() < fraction;
-                let (http, stream, counters, scores, frozen, base) = (
-                    http.clone(),
-                    stream.clone(),
-                    counters.clone(),
-                    scores.clone(),
-                    frozen.clone(),
-                    base.clone(),
-                );
-                counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let sample = stream.sample(i);
-                    let reply = http
-                        .post(format!("{base}/v1/infer"))
-                        .json(&json!({"inputs": [sample.features]}))
-                        .send()
-                        .await;
-                    let answer = match reply {
-                        Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
-                        _ => None,
-                    };
-                    let latency_us = at.elapsed().as_micros().max(1) as u64;
-                    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    let Some(answer) = answer else {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    counters.ok.fetch_add(1, Ordering::Relaxed);
-                    let p = &answer["predictions"][0];
-                    let hit = p["label"].as_u64() == Some(u64::from(sample.label));
-                    let frozen_hit = frozen
-                        .forward(&sample.features, 1)
-                        .ok()
-                        .map(|f| crate::engine::argmax(f.probs_row(0)).0 == sample.label as usize)
-                        .unwrap_or(false);
-                    {
-                        let mut s = scores.lock();
-                        let _ = s.window.record(latency_us);
-                        let _ = s.total.record(latency_us);
-                        s.hits.0 += u64::from(hit);
-                        s.hits.1 += u64::from(frozen_hit);
-                        s.hits.2 += 1;
-                        s.total_hits.0 += u64::from(hit);
-                        s.total_hits.1 += u64::from(frozen_hit);
-                        s.total_hits.2 += 1;
-                    }
-                    if feedback && let Some(id) = p["request_id"].as_u64() {
-                        tokio::time::sleep(delay).await;
-                        let sent = http
-                            .post(format!("{base}/v1/feedback"))
-                            .json(&json!({"request_id": id, "label": sample.label}))
-                            .send()
-                            .await;
-                        if sent.is_ok_and(|r| r.status() == 202) {
-                            counters.feedback_ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            counters.feedback_failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        })
-    };
+    let server_crashes = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let load = load::spawn(
+        args,
+        &target.base,
+        load::Shared {
+            http: http.clone(),
+            stream: stream.clone(),
+            counters: counters.clone(),
+            scores: scores.clone(),
+            frozen: frozen.clone(),
+            server_crashes: server_crashes.clone(),
+        },
+        start,
+        end,
+    );
 
     // The sampler and the chaos, once a second.
     let mut samples: Vec<Sample> = Vec::new();
@@ -324,6 +223,7 @@ pub async fn drive(
                 ring_depth: status["ring"]["depth"].as_u64().unwrap_or(0),
                 queue: status["batcher"]["queued"].as_u64().unwrap_or(0),
                 wal_bytes: status["wal_bytes"].as_u64().unwrap_or(0),
+                pending_bytes: status["pending_predictions_bytes"].as_u64().unwrap_or(0),
                 worker_pid: status["worker"]["pid"].as_u64(),
                 worker_state: status["worker"]["state"]
                     .as_str()
@@ -345,7 +245,10 @@ pub async fn drive(
             s.hits = (0, 0, 0);
             sample
         };
-        for c in crashes.iter_mut().filter(|c| c.recovered_after.is_none()) {
+        for c in crashes
+            .iter_mut()
+            .filter(|c| c.process == "worker" && c.recovered_after.is_none())
+        {
             if sample.worker_state == "running" && sample.worker_pid.is_some_and(|p| p != c.pid) {
                 c.recovered_after = Some(t - c.t);
             }
@@ -365,10 +268,51 @@ pub async fn drive(
                 tracing::info!(t, pid, signal = name, "chaos: signalled the update-worker");
                 crashes.push(Crash {
                     t,
+                    process: "worker",
                     signal: name,
                     pid,
                     recovered_after: None,
                 });
+            }
+        }
+        if args.chaos
+            && !load_done
+            && target.restartable()
+            && chaos_rng.random::<f64>() < args.server_crash_probability
+        {
+            server_crashes.lock().push(Instant::now());
+            let killed = Instant::now();
+            match target.kill_and_restart().await {
+                Ok(pid) => {
+                    let took = killed.elapsed().as_secs_f64();
+                    // A new process: the chaos's k-NN faults are set again.
+                    if knn_fault_rate > 0.0 {
+                        set_knn_fault(&http, target, knn_fault_rate).await;
+                    }
+                    tracing::info!(
+                        t,
+                        pid,
+                        restart_secs = took,
+                        "chaos: SIGKILLed the server and restarted it"
+                    );
+                    crashes.push(Crash {
+                        t,
+                        process: "server",
+                        signal: "SIGKILL",
+                        pid: u64::from(pid),
+                        recovered_after: Some(took),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "chaos: the server did not come back");
+                    crashes.push(Crash {
+                        t,
+                        process: "server",
+                        signal: "SIGKILL",
+                        pid: 0,
+                        recovered_after: None,
+                    });
+                }
             }
         }
         progress(&sample);
@@ -407,6 +351,9 @@ pub async fn drive(
         failed: counters.failed.load(Ordering::Relaxed),
         feedback_ok: counters.feedback_ok.load(Ordering::Relaxed),
         feedback_failed: counters.feedback_failed.load(Ordering::Relaxed),
+        labels_refused_outside_window: counters.refused_outside_window.load(Ordering::Relaxed),
+        labels_refused_in_window: counters.refused_in_window.load(Ordering::Relaxed),
+        labels_refused_after_retry: counters.refused_after_retry.load(Ordering::Relaxed),
         p50_ms: ms(&s.total, 0.5).unwrap_or(0.0),
         p99_ms: ms(&s.total, 0.99).unwrap_or(0.0),
         p999_ms: ms(&s.total, 0.999).unwrap_or(0.0),

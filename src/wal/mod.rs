@@ -139,6 +139,8 @@ pub struct Wal {
     bytes: u64,
     /// Committed but not yet fsynced.
     dirty: bool,
+    /// The last sequence number fsynced: what a machine crash cannot take.
+    synced_seq: u64,
     last_fsync: Instant,
 }
 
@@ -248,6 +250,7 @@ impl Wal {
             buf: Vec::with_capacity(64 << 10),
             bytes,
             dirty: false,
+            synced_seq: start,
             last_fsync: Instant::now(),
         };
         Ok((wal, report))
@@ -256,6 +259,12 @@ impl Wal {
     /// The last sequence number assigned; 0 for a new log.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The last sequence number fsynced: a machine crash or power cut loses only
+    /// records after it (a killed process loses nothing committed).
+    pub fn synced_seq(&self) -> u64 {
+        self.synced_seq
     }
 
     /// The first sequence number still on disk, if any record is.
@@ -357,6 +366,7 @@ impl Wal {
             .sync_data()
             .map_err(io("fsync", &self.active_path))?;
         self.dirty = false;
+        self.synced_seq = self.committed_seq;
         self.last_fsync = Instant::now();
         Ok(())
     }

@@ -306,3 +306,62 @@ proptest! {
         prop_assert!(wal.last_seq() >= before_last);
     }
 }
+
+/// What a machine crash can take under each policy: the records after
+/// `synced_seq`, the last one fsynced.
+#[test]
+fn each_fsync_policy_bounds_what_a_machine_crash_can_take() {
+    let commit_one = |wal: &mut Wal| {
+        wal.append(&payload(0)).unwrap();
+        wal.commit().unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut always, _) = Wal::open(WalConfig {
+        fsync: FsyncPolicy::Always,
+        ..config(dir.path(), 1 << 20)
+    })
+    .unwrap();
+    for _ in 0..3 {
+        commit_one(&mut always);
+        assert_eq!(
+            always.synced_seq(),
+            always.last_seq(),
+            "always: every commit"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut interval, _) = Wal::open(WalConfig {
+        fsync: FsyncPolicy::IntervalMs(200),
+        ..config(dir.path(), 1 << 20)
+    })
+    .unwrap();
+    commit_one(&mut interval);
+    commit_one(&mut interval);
+    assert_eq!(interval.synced_seq(), 0, "interval: not yet due");
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    // The writer's idle tick commits nothing new and still owes the fsync.
+    interval.commit().unwrap();
+    assert_eq!(
+        interval.synced_seq(),
+        2,
+        "interval: at most the interval behind"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut never, _) = Wal::open(WalConfig {
+        fsync: FsyncPolicy::Never,
+        ..config(dir.path(), 1 << 20)
+    })
+    .unwrap();
+    commit_one(&mut never);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    never.commit().unwrap();
+    assert_eq!(never.synced_seq(), 0, "never: left to the OS");
+    never.sync().unwrap();
+    assert_eq!(
+        never.synced_seq(),
+        1,
+        "but an explicit sync (shutdown, checkpoint) fsyncs"
+    );
+}

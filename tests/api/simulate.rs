@@ -42,6 +42,7 @@ fn a_short_chaos_run_recovers_every_crash_and_writes_its_report() {
         names,
         [
             "memory_growth_ratio",
+            "pre_crash_labels_refused",
             "max_queue",
             "knn_failure_rate",
             "crashes_recovered",
@@ -76,6 +77,54 @@ fn a_short_chaos_run_recovers_every_crash_and_writes_its_report() {
     let alerts = std::fs::read_to_string(out.path().join("alerts.jsonl")).unwrap();
     assert!(alerts.contains("worker_crashed"), "{alerts}");
     assert!(out.path().join("server.log").exists());
+}
+
+#[test]
+fn server_crashes_forget_no_prediction_a_label_can_still_join() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    // Only the server is killed: at 0.7 per second, some 5 times in 8 s (none at
+    // all has odds of 0.3^7).
+    let (code, stderr) = simulate(&[
+        "--duration",
+        "8s",
+        "--rate",
+        "40",
+        "--chaos",
+        "--crash-probability",
+        "0",
+        "--server-crash-probability",
+        "0.7",
+        "--knn-fault-rate",
+        "0",
+        "--label-fraction",
+        "0.5",
+        "--label-delay",
+        "300ms",
+        "--min-accuracy-gain=-1",
+        "--output",
+        dir,
+    ]);
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(code, Some(0), "{stderr}\n{results:#}");
+    let f = &results["figures"];
+    assert!(f["server_crashes"].as_u64().unwrap() >= 1, "{f}");
+    assert_eq!(f["labels_refused_outside_window"], 0, "{f}");
+    assert_eq!(f["requests_failed"], 0, "{f}");
+    assert!(f["feedback_ok"].as_u64().unwrap() >= 100, "{f}");
+    for c in results["crashes"].as_array().unwrap() {
+        assert_eq!(c["process"], "server", "{c}");
+        assert!(c["recovered_after"].as_f64().is_some(), "{c}");
+    }
+    let report = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    assert!(report.contains("<td>server</td>"));
+    // Each restart found the state the one before left.
+    let log = std::fs::read_to_string(out.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("origin=Continued"),
+        "no restart continued the ids"
+    );
 }
 
 #[test]

@@ -61,6 +61,8 @@ struct Inner {
     oldest: u64,
     /// The largest id stored so far.
     newest: u64,
+    /// Heap bytes the entries hold (see [`heap_bytes`]).
+    bytes: u64,
 }
 
 /// A bounded TTL map. One parking_lot mutex: every operation is O(1) amortised and
@@ -84,6 +86,7 @@ impl PendingMap {
                 evicted: 0,
                 oldest: 0,
                 newest: 0,
+                bytes: 0,
             }),
         }
     }
@@ -95,16 +98,21 @@ impl PendingMap {
         let mut s = self.inner.lock();
         self.expire(&mut s, now);
         let at = slot_of(&s, id);
-        if let Some(tenant_id) = s.slots[at].as_ref().map(|e| e.id) {
+        if let Some((tenant_id, held)) = s.slots[at]
+            .as_ref()
+            .map(|e| (e.id, heap_bytes(&e.prediction)))
+        {
             if tenant_id > id {
                 s.evicted += 1;
                 return;
             }
             s.len -= 1;
+            s.bytes -= held;
             if tenant_id != id {
                 s.evicted += 1;
             }
         }
+        s.bytes += heap_bytes(&prediction);
         s.slots[at] = Some(Box::new(Entry {
             id,
             at: now,
@@ -124,6 +132,7 @@ impl PendingMap {
         }
         let entry = s.slots[at].take()?;
         s.len -= 1;
+        s.bytes -= heap_bytes(&entry.prediction);
         (now.duration_since(entry.at) <= self.ttl).then_some(entry.prediction)
     }
 
@@ -147,6 +156,12 @@ impl PendingMap {
         self.len() == 0
     }
 
+    /// Heap bytes the entries hold: what a full map adds to the resident size, so
+    /// that a fill can be told from a leak (the soak's memory check).
+    pub fn heap_bytes(&self) -> u64 {
+        self.inner.lock().bytes
+    }
+
     /// Entries dropped for capacity or age before a label came.
     pub fn evicted(&self) -> u64 {
         self.inner.lock().evicted
@@ -165,6 +180,7 @@ impl PendingMap {
                     if now.duration_since(e.at) <= self.ttl {
                         break;
                     }
+                    s.bytes -= heap_bytes(&e.prediction);
                     s.slots[at] = None;
                     s.len -= 1;
                     s.evicted += 1;
@@ -175,6 +191,27 @@ impl PendingMap {
             s.oldest += 1;
         }
     }
+}
+
+/// An entry's heap bytes: the boxed entry and each vector's buffer, each allocation
+/// with glibc's 16-byte chunk header.
+fn heap_bytes(p: &PendingPrediction) -> u64 {
+    const ALLOC: usize = 16;
+    let vec = |v: &Vec<f32>| {
+        if v.capacity() == 0 {
+            0
+        } else {
+            v.capacity() * 4 + ALLOC
+        }
+    };
+    let dists = [&p.p_knn, &p.p_lin, &p.p_forest];
+    let bytes = std::mem::size_of::<Entry>()
+        + ALLOC
+        + vec(&p.features)
+        + vec(&p.embedding)
+        + vec(&p.p_model)
+        + dists.into_iter().flatten().map(vec).sum::<usize>();
+    bytes as u64
 }
 
 fn slot_of(s: &Inner, id: u64) -> usize {
@@ -197,6 +234,24 @@ mod tests {
             pseudo: false,
             model_version: 0,
         }
+    }
+
+    #[test]
+    fn heap_bytes_follow_the_entries() {
+        let m = PendingMap::new(Duration::from_secs(10), 2);
+        let now = Instant::now();
+        m.insert(1, p(0), now);
+        let one = m.heap_bytes();
+        assert!(one > std::mem::size_of::<Entry>() as u64);
+        m.insert(2, p(0), now);
+        assert_eq!(m.heap_bytes(), 2 * one);
+        m.insert(3, p(0), now); // evicts 1
+        assert_eq!(m.heap_bytes(), 2 * one);
+        m.take(2, now);
+        m.insert(4, p(0), now + Duration::from_secs(11)); // 3 expires
+        assert_eq!(m.heap_bytes(), one);
+        m.take(4, now);
+        assert_eq!(m.heap_bytes(), 0);
     }
 
     #[test]

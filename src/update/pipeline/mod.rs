@@ -486,6 +486,11 @@ impl Writer {
                 }
             }
         }
+        // Published before any control is answered, so a barrier's caller sees the
+        // log's size as of the barrier.
+        self.shared
+            .wal_bytes
+            .store(self.wal.bytes(), Ordering::Relaxed);
         let mut stop = false;
         for control in after {
             match control {
@@ -497,7 +502,12 @@ impl Writer {
                     .truncate_through(seq.min(self.shared.memory_floor.load(Ordering::Relaxed)))
                 {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(segments = n, through = seq, "WAL truncated"),
+                    Ok(n) => {
+                        self.shared
+                            .wal_bytes
+                            .store(self.wal.bytes(), Ordering::Relaxed);
+                        tracing::debug!(segments = n, through = seq, "WAL truncated")
+                    }
                     Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
                 },
                 Control::Flush(tx) => {

@@ -193,6 +193,7 @@ async fn truncation_keeps_what_the_memory_snapshot_does_not_cover() {
     for i in 0..20 {
         pipeline.submit(update(i)).unwrap().await.unwrap().unwrap();
     }
+    pipeline.barrier().await.unwrap();
     let before = pipeline.wal_bytes();
     pipeline.truncate_through(20);
     pipeline.barrier().await.unwrap();
