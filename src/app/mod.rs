@@ -151,6 +151,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         "serving checkpoint loaded"
     );
 
+    // The snapshot first: its position is a floor for the WAL's numbering.
+    let snapshot_on_disk = {
+        let (file, dims) = (
+            memory_file(&state_dir),
+            (model.input_dim(), model.embed_dim()),
+        );
+        tokio::task::spawn_blocking(move || restore::read_snapshot(&file, dims.0, dims.1))
+            .await
+            .context("memory snapshot reading task failed")?
+    };
     let fsync = match config.wal.fsync {
         FsyncMode::Always => FsyncPolicy::Always,
         FsyncMode::Never => FsyncPolicy::Never,
@@ -160,8 +170,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         dir: state_dir.join("wal"),
         segment_bytes: config.wal.segment_bytes,
         fsync,
-        // Numbers at or below the serving floor are settled; never hand them out again.
-        start_after: record.applied_seq,
+        // Numbers at or below the serving floor are settled, and those at or below
+        // the memory snapshot's position are in it: never hand them out again.
+        start_after: record.applied_seq.max(snapshot_on_disk.position()),
     };
     let (wal, report) = tokio::task::spawn_blocking(move || Wal::open(wal_config))
         .await
@@ -199,10 +210,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         tracing::warn!(segment = %repair.segment.display(), offset = repair.offset,
             cut_bytes = repair.cut_bytes, reason = %repair.reason, "pending log repaired: cut at the last good record");
     }
+    let memory = Memory::new(memory_config(config, model.embed_dim()))
+        .context("cannot start the k-NN memory")?;
+    let (model, restored) = {
+        let (memory, wal_dir) = (memory.clone(), state_dir.join("wal"));
+        let drift_keep = config.engine.drift_keep;
+        tokio::task::spawn_blocking(move || {
+            restore::memory(&memory, &model, snapshot_on_disk, &wal_dir, drift_keep)
+                .map(|r| (model, r))
+        })
+        .await
+        .context("memory restore task failed")??
+    };
+    // A crash between a label's WAL commit and its answered record: the WAL wins.
+    recovered
+        .predictions
+        .retain(|(id, _, _)| !restored.labelled.contains(id));
     let (request_ids, ids_origin) = RequestIds::open(
         &state_dir.join("request_ids"),
         0,
-        ids::counter_of(recovered.max_id),
+        ids::counter_of(recovered.max_id.max(restored.max_origin)),
     )
     .context("cannot reserve request ids")?;
     match &ids_origin {
@@ -210,22 +237,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             "the request id reservation was unreadable; continuing far past the newest logged id"),
         origin => tracing::info!(?origin, next = request_ids.peek(), "request ids reserved"),
     }
-
-    let memory = Memory::new(memory_config(config, model.embed_dim()))
-        .context("cannot start the k-NN memory")?;
-    let (model, restored) = {
-        let (memory, file, wal_dir) = (
-            memory.clone(),
-            memory_file(&state_dir),
-            state_dir.join("wal"),
-        );
-        let drift_keep = config.engine.drift_keep;
-        tokio::task::spawn_blocking(move || {
-            restore::memory(&memory, &model, &file, &wal_dir, drift_keep).map(|r| (model, r))
-        })
-        .await
-        .context("memory restore task failed")??
-    };
 
     let shm = crate::ipc::default_dir();
     for stale in crate::supervisor::cleanup::remove_dead_rings(&shm) {
@@ -274,10 +285,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .restore_pending(std::mem::take(&mut recovered.predictions))
         .await
         .context("cannot restore the pending predictions")?;
+    // New ids continue the pending map's ring where the restored ones end, so
+    // they push out the oldest restored predictions first, as without a restart.
+    engine.request_ids().align(
+        recovered.max_id.max(restored.max_origin) + 1,
+        config.engine.pending_capacity as u64,
+    );
     tracing::info!(
         waiting,
         rejoinable,
         undecodable = recovered.undecodable,
+        next_id = engine.request_ids().peek(),
         "pending predictions restored"
     );
     let alerts = Alerts::start(&config.alerts);
@@ -354,11 +372,12 @@ impl Server {
         self.updates.worker().stop().await;
         let engine = self.engine.clone();
         let file = self.memory_file.clone();
+        let pipeline = self.updates.pipeline().clone();
         let saved = tokio::task::spawn_blocking(move || {
             // Everything queued reaches the store first, so the snapshot reflects
             // the whole log.
             engine.memory().shutdown();
-            restore::write_snapshot(engine.memory(), &engine.model(), &file)
+            restore::save_snapshot(&pipeline, engine.memory(), &engine.model(), &file)
         })
         .await;
         if let Err(e) = self.updates.pipeline().ring().remove() {

@@ -13,6 +13,7 @@
 //! the memory is rebuilt from whatever the WAL still holds; an undecodable WAL record
 //! is skipped and counted.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,12 +22,50 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::engine::{Update, UpdateKind};
+use crate::knn::snapshot::Snapshot;
 use crate::knn::{Experience, KnnError, Memory, snapshot};
 use crate::model::Mlp;
 use crate::update::codec;
 
+/// The memory snapshot found at start, read before the WAL is opened: its position
+/// is a floor for the WAL's numbering (a machine crash can take a WAL tail the
+/// fsynced snapshot already covers, and numbers below it would be skipped by the
+/// next replay).
+#[derive(Debug)]
+pub enum SnapshotOnDisk {
+    /// No snapshot yet.
+    None,
+    Usable(Snapshot),
+    /// Unreadable: set aside as `memory.bin.corrupt` and reported.
+    Damaged,
+}
+
+impl SnapshotOnDisk {
+    /// The log position the snapshot reflects (0 without one).
+    pub fn position(&self) -> u64 {
+        match self {
+            Self::Usable(snap) => snap.logged_seq,
+            Self::None | Self::Damaged => 0,
+        }
+    }
+}
+
+/// Reads the snapshot in `file` for a model of this shape, setting a damaged one
+/// aside.
+pub fn read_snapshot(file: &Path, input_dim: usize, embed_dim: usize) -> SnapshotOnDisk {
+    match snapshot::read(file, input_dim, embed_dim) {
+        Ok(None) => SnapshotOnDisk::None,
+        Ok(Some(snap)) => SnapshotOnDisk::Usable(snap),
+        Err(e) => {
+            tracing::error!(error = %e, "the memory snapshot is unusable; rebuilding the memory from the WAL alone");
+            let _ = std::fs::rename(file, file.with_extension("bin.corrupt"));
+            SnapshotOnDisk::Damaged
+        }
+    }
+}
+
 /// What the memory was rebuilt from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryRestore {
     /// Experiences read from the snapshot.
     pub from_snapshot: usize,
@@ -40,22 +79,28 @@ pub struct MemoryRestore {
     pub snapshot_damaged: bool,
     /// How long the rebuild took.
     pub millis: u64,
+    /// The predictions (`request_id`s) the replayed labels answered: a crash
+    /// between a label's WAL commit and its pending log record must not bring its
+    /// prediction back.
+    pub labelled: HashSet<u64>,
+    /// The largest `request_id` an update in the replayed WAL came from.
+    pub max_origin: u64,
 }
 
-/// Rebuilds `memory` from the snapshot in `file` and the WAL in `wal_dir`.
+/// Rebuilds `memory` from `snapshot` and the WAL in `wal_dir` after its position.
 /// `drift_keep` is `engine.drift_keep`. Blocking: run it off the async threads.
 pub fn memory(
     memory: &Memory,
     model: &Mlp,
-    file: &Path,
+    snapshot: SnapshotOnDisk,
     wal_dir: &Path,
     drift_keep: u64,
 ) -> anyhow::Result<MemoryRestore> {
     let started = Instant::now();
     let mut out = MemoryRestore::default();
-    match snapshot::read(file, model.input_dim(), model.embed_dim()) {
-        Ok(None) => {}
-        Ok(Some(snap)) => {
+    match snapshot {
+        SnapshotOnDisk::None => {}
+        SnapshotOnDisk::Usable(snap) => {
             let mut experiences = snap.experiences;
             if snap.model_version != model.version() {
                 reembed(model, &mut experiences).context("cannot re-embed the memory snapshot")?;
@@ -66,18 +111,24 @@ pub fn memory(
                 push(|| memory.submit_logged(e.clone(), snap.logged_seq));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the memory snapshot is unusable; rebuilding the memory from the WAL alone");
-            let _ = std::fs::rename(file, file.with_extension("bin.corrupt"));
-            out.snapshot_damaged = true;
-        }
+        SnapshotOnDisk::Damaged => out.snapshot_damaged = true,
     }
+    let mut position = out.snapshot_seq;
     // The WAL after the snapshot, in chunks: keys are computed a batch at a time.
     let mut chunk: Vec<(u64, Update)> = Vec::with_capacity(CHUNK);
     let mut failed = None;
     crate::wal::replay(wal_dir, out.snapshot_seq + 1, |seq, bytes| {
+        position = seq;
         match codec::decode(bytes) {
-            Ok(update) => chunk.push((seq, update)),
+            Ok(update) => {
+                if let Some(origin) = update.origin {
+                    out.max_origin = out.max_origin.max(origin);
+                    if update.kind == UpdateKind::Label {
+                        out.labelled.insert(origin);
+                    }
+                }
+                chunk.push((seq, update));
+            }
             Err(e) => {
                 out.undecodable += 1;
                 tracing::error!(seq, error = %e, "WAL record cannot be decoded; the memory skips it");
@@ -98,6 +149,9 @@ pub fn memory(
         return Err(e);
     }
     apply(memory, model, drift_keep, &mut chunk)?;
+    // The position moves on even when nothing after the snapshot entered the
+    // memory, so the next snapshot does not send a restart back over it.
+    push(|| memory.mark_logged(position));
     memory.flush(Duration::from_secs(60));
     out.millis = started.elapsed().as_millis() as u64;
     tracing::info!(
@@ -146,18 +200,9 @@ fn apply(
                 }
             }
             UpdateKind::Label | UpdateKind::Pseudo => {
-                let Some(embedding) = update.key else {
-                    continue;
-                };
-                let e = Experience {
-                    embedding,
-                    features: update.features,
-                    label: update.label,
-                    trust: update.trust,
-                    priority: update.priority,
-                    origin: update.origin,
-                };
-                push(|| memory.submit_logged(e.clone(), seq));
+                if let Some(e) = update.into_experience() {
+                    push(|| memory.submit_logged(e.clone(), seq));
+                }
             }
         }
     }
@@ -205,8 +250,18 @@ pub fn write_snapshot(memory: &Memory, model: &Mlp, file: &Path) -> anyhow::Resu
     snapshot::save(memory, shape, file).context("cannot snapshot the memory")
 }
 
-/// Snapshots the memory every `every` until `stop` turns true, each time letting the
-/// WAL be truncated up to the snapshot's position.
+/// Writes the snapshot through the pipeline's snapshot lock, which lets the WAL be
+/// truncated up to its position.
+pub fn save_snapshot(
+    pipeline: &crate::update::pipeline::Pipeline,
+    memory: &Memory,
+    model: &Mlp,
+    file: &Path,
+) -> anyhow::Result<u64> {
+    pipeline.with_snapshot_lock(|| write_snapshot(memory, model, file))
+}
+
+/// Snapshots the memory every `every` until `stop` turns true.
 pub async fn snapshot_loop(
     engine: Arc<crate::engine::Engine>,
     pipeline: Arc<crate::update::pipeline::Pipeline>,
@@ -221,15 +276,16 @@ pub async fn snapshot_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let (engine, file) = (engine.clone(), file.clone());
+        let (engine, file, pipeline) = (engine.clone(), file.clone(), pipeline.clone());
         let written = tokio::task::spawn_blocking(move || {
-            write_snapshot(engine.memory(), &engine.model(), &file)
+            save_snapshot(&pipeline, engine.memory(), &engine.model(), &file)
         })
         .await;
         match written {
-            Ok(Ok(seq)) => pipeline.set_memory_floor(seq),
-            Ok(Err(e)) => tracing::warn!(error = %e, "periodic memory snapshot failed"),
-            Err(e) => tracing::warn!(error = %e, "periodic memory snapshot task failed"),
+            Ok(Ok(_)) => {}
+            // The WAL keeps everything after the last good snapshot meanwhile.
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic memory snapshot failed"),
+            Err(e) => tracing::error!(error = %e, "periodic memory snapshot task failed"),
         }
     }
 }

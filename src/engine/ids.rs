@@ -145,6 +145,21 @@ impl RequestIds {
         Some(self.replica << COUNTER_BITS | first)
     }
 
+    /// Moves the next id up (by less than `modulus`) to the first one congruent to
+    /// `to` modulo `modulus`, so that after a restart new ids continue the pending
+    /// map's ring (indexed by `id % capacity`) where the restored ids end: a jump of
+    /// a reservation block would otherwise land new ids on the slots of the newest
+    /// restored predictions and push them out first. Call before serving.
+    pub fn align(&self, to: u64, modulus: u64) {
+        if modulus == 0 {
+            return;
+        }
+        let base = self.replica << COUNTER_BITS;
+        let next = base | self.next.load(Ordering::Relaxed);
+        let skip = (to % modulus + modulus - next % modulus) % modulus;
+        self.next.fetch_add(skip, Ordering::Relaxed);
+    }
+
     /// Requests refused for want of a reservation.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -171,7 +186,11 @@ impl RequestIds {
                 let next = ceiling.load(Ordering::Acquire).max(used) + BLOCK;
                 match write(&file, next) {
                     Ok(()) => ceiling.store(next, Ordering::Release),
-                    Err(e) => tracing::error!(error = %e, "cannot reserve more request ids"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reserve more request ids");
+                        // One try a second, not one thread per request.
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
                 }
                 reserving.store(false, Ordering::Release);
             });
@@ -301,6 +320,26 @@ mod tests {
             RequestIds::open(&dir.path().join("x"), MAX_REPLICA + 1, 0),
             Err(IdsError::Replica(_))
         ));
+    }
+
+    #[test]
+    fn alignment_continues_the_ring_of_the_restored_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("request_ids");
+        let (ids, _) = RequestIds::open(&file, 0, 0).unwrap();
+        ids.next.fetch_add(60_000 - 1, Ordering::Relaxed);
+        assert_eq!(ids.next(), Some(60_000));
+        settle(&ids);
+        // A restart jumps a block; aligned, the next id shares 60 001's slot.
+        let (again, _) = RequestIds::open(&file, 0, 0).unwrap();
+        let unaligned = again.peek();
+        again.align(60_001, 100_000);
+        let id = again.next().unwrap();
+        assert_eq!(id % 100_000, 60_001);
+        assert!(id >= unaligned && id < unaligned + 100_000);
+        // Already aligned: nothing moves.
+        again.align(id + 1, 100_000);
+        assert_eq!(again.next(), Some(id + 1));
     }
 
     #[test]

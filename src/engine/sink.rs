@@ -8,8 +8,9 @@
 //!
 //! The sink, not the request, puts each logged update into the k-NN memory
 //! ([`feed_memory`]), in sequence order and only once it is logged: the memory is a
-//! view of the log, so a restarted server rebuilds it exactly from a snapshot plus
-//! the log after the snapshot's position. The vote may see an experience a group
+//! view of the log, so a restarted server rebuilds it from a snapshot plus the log
+//! after the snapshot's position (with keys recomputed by the serving model, and
+//! without what a full insert queue dropped, counted). The vote may see an experience a group
 //! commit later than the request made it, which DESIGN allows.
 
 use std::fmt::Debug;
@@ -57,6 +58,19 @@ pub struct Update {
 }
 
 impl Update {
+    /// The experience a label or pseudo-label with a key becomes in the memory.
+    pub fn into_experience(self) -> Option<Experience> {
+        let embedding = self.key.filter(|_| self.kind != UpdateKind::Drift)?;
+        Some(Experience {
+            embedding,
+            features: self.features,
+            label: self.label,
+            trust: self.trust,
+            priority: self.priority,
+            origin: self.origin,
+        })
+    }
+
     /// A drift marker (see [`UpdateKind::Drift`]).
     pub fn drift(model_version: u64) -> Self {
         Self {
@@ -86,15 +100,7 @@ pub fn feed_memory(memory: &Memory, drift_keep: u64, seq: u64, update: Update) {
             }
         }
         UpdateKind::Label | UpdateKind::Pseudo => {
-            if let Some(embedding) = update.key {
-                let experience = Experience {
-                    embedding,
-                    features: update.features,
-                    label: update.label,
-                    trust: update.trust,
-                    priority: update.priority,
-                    origin: update.origin,
-                };
+            if let Some(experience) = update.into_experience() {
                 // A full insert queue drops it (counted by the memory).
                 let _ = memory.submit_logged(experience, seq);
             }

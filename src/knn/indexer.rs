@@ -171,6 +171,7 @@ impl Indexer {
                     store.forget_all_but(keep);
                     store.mark_logged(seq);
                 }
+                Queued::Mark { seq } => store.mark_logged(seq),
             }
         }
         store.expire(&mut self.evicted);

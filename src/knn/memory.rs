@@ -152,6 +152,8 @@ pub(super) enum Queued {
     Insert { exp: Experience, seq: u64 },
     /// Forget all but the newest `keep` experiences (a logged drift marker).
     Forget { keep: u64, seq: u64 },
+    /// The log up to `seq` has been applied (a restart's replay, at its end).
+    Mark { seq: u64 },
 }
 
 /// The k-NN memory: a bounded experience buffer searched by an exact scan or an HNSW
@@ -286,6 +288,12 @@ impl Memory {
     pub fn submit_logged(&self, exp: Experience, seq: u64) -> Result<(), KnnError> {
         self.check(&exp)?;
         self.enqueue(Queued::Insert { exp, seq })
+    }
+
+    /// Records, in order with what is queued before it, that the memory reflects
+    /// the log up to `seq`.
+    pub fn mark_logged(&self, seq: u64) -> Result<(), KnnError> {
+        self.enqueue(Queued::Mark { seq })
     }
 
     /// [`Memory::forget_older_than`] for the logged drift marker `seq`, in order

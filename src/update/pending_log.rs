@@ -12,8 +12,14 @@
 //!   SIGKILL of the server loses at most the predictions of the last
 //!   `commit_interval`; a machine crash, what the fsync policy leaves (the WAL's).
 //! - **Answers commit with their label.** The record saying a label joined a
-//!   prediction is written before that label is acknowledged, so an acknowledged
-//!   label's prediction never comes back after a restart.
+//!   prediction is written before that label is acknowledged. A kill between the
+//!   label's WAL commit and this record (or a failed write of it, logged) is
+//!   covered at start: a prediction whose label the WAL holds after the memory
+//!   snapshot's position is not restored (`app::restore`).
+//! - **Never crowding labels out.** Predictions reach the writer through the WAL's
+//!   queue but may fill at most half of it; past that one is dropped and counted
+//!   (`pending_log.dropped` in `/v1/status`), and its label will answer 404 after
+//!   a restart.
 //! - **Bounded.** Whole segments are deleted once every prediction in them has
 //!   expired (older than the TTL) or been pushed out of the pending map by
 //!   `capacity` newer ones.

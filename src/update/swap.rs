@@ -524,6 +524,7 @@ impl UpdatePath {
         self.pipeline.flush().await?;
         // And the memory, so a restart replays nothing before this point.
         let (engine, file) = (self.engine.clone(), self.state_dir.join("memory.bin"));
+        let pipeline = self.pipeline.clone();
         let saved = tokio::task::spawn_blocking(move || {
             engine.memory().flush(std::time::Duration::from_secs(10));
             let model = engine.model();
@@ -532,11 +533,13 @@ impl UpdatePath {
                 input_dim: model.input_dim(),
                 embed_dim: model.embed_dim(),
             };
-            crate::knn::snapshot::save(engine.memory(), shape, &file)
+            pipeline.with_snapshot_lock(|| {
+                Ok(crate::knn::snapshot::save(engine.memory(), shape, &file)?)
+            })
         })
         .await;
         match saved {
-            Ok(Ok(seq)) => self.pipeline.set_memory_floor(seq),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "memory snapshot at checkpoint failed"),
             Err(e) => tracing::warn!(error = %e, "memory snapshot task failed"),
         }

@@ -332,14 +332,14 @@ fn each_fsync_policy_bounds_what_a_machine_crash_can_take() {
 
     let dir = tempfile::tempdir().unwrap();
     let (mut interval, _) = Wal::open(WalConfig {
-        fsync: FsyncPolicy::IntervalMs(200),
+        fsync: FsyncPolicy::IntervalMs(2_000),
         ..config(dir.path(), 1 << 20)
     })
     .unwrap();
     commit_one(&mut interval);
     commit_one(&mut interval);
     assert_eq!(interval.synced_seq(), 0, "interval: not yet due");
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
     // The writer's idle tick commits nothing new and still owes the fsync.
     interval.commit().unwrap();
     assert_eq!(

@@ -34,6 +34,14 @@ struct Server {
     http: reqwest::Client,
 }
 
+/// A failed assertion must not leave a server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     fn start(state: &Path) -> Self {
         let (child, addr) = spawn_server_with(state, CONFIG);
@@ -418,6 +426,81 @@ async fn the_memory_survives_a_sigkill_with_and_without_a_snapshot_and_past_dama
             .await,
         202
     );
+    let experiences = d.settle().await["experiences"].as_u64().unwrap();
+    d.checkpoint().await;
+    let covered = d.status().await["updates"]["sent"].as_u64().unwrap();
     let fourth = d.kill();
-    remove_rings(&[first, second, third, fourth]);
+
+    // A machine crash can take a WAL tail the fsynced snapshot covers: numbering
+    // continues after the snapshot's position, never under it.
+    std::fs::remove_dir_all(state.join("wal")).unwrap();
+    let e = Server::start(&state);
+    assert_eq!(
+        e.settle().await["experiences"].as_u64().unwrap(),
+        experiences
+    );
+    let (features, label) = sample(500);
+    let r = e
+        .http
+        .post(e.url("/v1/feedback"))
+        .json(&json!({"features": features, "label": label}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let seq = r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap();
+    assert!(
+        seq > covered,
+        "seq {seq} reused a number the snapshot covers ({covered})"
+    );
+    let fifth = e.kill();
+    remove_rings(&[first, second, third, fourth, fifth]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_in_the_wal_wins_over_a_prediction_the_pending_log_still_holds() {
+    use adaptserve::engine::{Update, UpdateKind};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let a = Server::start(&state);
+    let (features, label) = sample(7);
+    let id = a.infer(&features).await;
+    let other = a.infer(&sample(8).0).await;
+    a.settle().await;
+    let first = a.terminate();
+    // A crash between the label's WAL commit and its answered record, written by
+    // hand: the label is in the WAL, the pending log still holds the prediction.
+    let (mut wal, _) =
+        adaptserve::wal::Wal::open(adaptserve::wal::WalConfig::new(state.join("wal"))).unwrap();
+    let mut payload = Vec::new();
+    adaptserve::update::codec::encode(
+        &Update {
+            kind: UpdateKind::Label,
+            features,
+            label,
+            weight: 1.0,
+            model_version: 1,
+            origin: Some(id),
+            trust: 1.0,
+            priority: 1.0,
+            key: None,
+        },
+        &mut payload,
+    );
+    wal.append(&payload).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let b = Server::start(&state);
+    assert_eq!(
+        b.feedback(json!({"request_id": id, "label": label})).await,
+        404,
+        "the prediction was joined twice"
+    );
+    assert_eq!(
+        b.feedback(json!({"request_id": other, "label": sample(8).1}))
+            .await,
+        202
+    );
+    let second = b.kill();
+    remove_rings(&[first, second]);
 }

@@ -10,8 +10,8 @@
 //! policy bounds what a machine crash can take (see `FsyncMode`).
 //!
 //! After the commit the writer also hands each logged update to the k-NN memory
-//! (`engine::feed_memory`), so the memory holds exactly what the log holds, in log
-//! order, and keeps the pending log (`super::pending_log`): predictions arrive here
+//! (`engine::feed_memory`), so the memory holds what the log holds, in log order
+//! (less what a full insert queue drops, counted), and keeps the pending log (`super::pending_log`): predictions arrive here
 //! as fire-and-forget records, and a label that joined one is marked answered
 //! there before the label is acknowledged.
 //!
@@ -86,6 +86,8 @@ struct Shared {
     pending_dropped: AtomicU64,
     /// Bytes of pending log on disk.
     pending_bytes: AtomicU64,
+    /// Pending predictions queued and not yet taken by the writer.
+    remembering: std::sync::atomic::AtomicUsize,
 }
 
 /// The update pipeline's handle: cheap to share, never blocks.
@@ -96,6 +98,13 @@ pub struct Pipeline {
     /// The current ring; replaced (new generation) when the supervisor restarts the
     /// worker.
     ring: ArcSwap<Ring>,
+    /// Most pending predictions queued at once: half the queue, so that predictions
+    /// never crowd labels out of it (a label finds room or is refused as before).
+    remember_budget: usize,
+    /// Held while a memory snapshot is captured and written, so that two writers
+    /// (the periodic one, a checkpoint, shutdown) never interleave and a snapshot
+    /// never replaces a newer one.
+    snapshot_lock: Mutex<()>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -177,6 +186,8 @@ impl Pipeline {
             tx,
             shared,
             ring: ArcSwap::new(ring),
+            remember_budget: (queue / 2).max(1),
+            snapshot_lock: Mutex::new(()),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -225,10 +236,17 @@ impl Pipeline {
         self.shared.pending_bytes.load(Ordering::Relaxed)
     }
 
-    /// A memory snapshot reflecting the log through `seq` is on disk: WAL records
-    /// at or below it are no longer needed to rebuild the memory.
-    pub fn set_memory_floor(&self, seq: u64) {
+    /// Runs `write`, which captures the memory and writes its snapshot, returning
+    /// the log position it reflects, under the snapshot lock; then WAL records at
+    /// or below that position are no longer needed to rebuild the memory.
+    pub fn with_snapshot_lock(
+        &self,
+        write: impl FnOnce() -> anyhow::Result<u64>,
+    ) -> anyhow::Result<u64> {
+        let _one_at_a_time = self.snapshot_lock.lock();
+        let seq = write()?;
         self.shared.memory_floor.fetch_max(seq, Ordering::Relaxed);
+        Ok(seq)
     }
 
     /// The last sequence number logged once everything queued before this call is
@@ -329,7 +347,11 @@ impl UpdateSink for Pipeline {
     }
 
     fn remember(&self, record: Vec<u8>) {
-        if self.tx.try_send(Command::Remember(record)).is_err() {
+        let queued = &self.shared.remembering;
+        if queued.fetch_add(1, Ordering::Relaxed) >= self.remember_budget
+            || self.tx.try_send(Command::Remember(record)).is_err()
+        {
+            queued.fetch_sub(1, Ordering::Relaxed);
             self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -427,6 +449,7 @@ impl Writer {
                     }
                 },
                 Command::Remember(record) => {
+                    self.shared.remembering.fetch_sub(1, Ordering::Relaxed);
                     if let Err(e) = self.pending.append_prediction(&record) {
                         self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "a pending prediction was not logged");
