@@ -138,17 +138,8 @@ impl Engine {
                 path: decision.path,
                 model_version: out.model_version,
             };
-            let (pseudo, update_enqueued) = self.maybe_learn(&answer, &features, embedding);
-            predictions.push(Prediction {
-                request_id,
-                label,
-                label_name: labels.and_then(|l| l.get(label as usize).cloned()),
-                confidence,
-                probabilities: decision.probs,
-                path: decision.path,
-                neighbors_used: decision.neighbors_used,
-                update_enqueued,
-            });
+            let pseudo_update = self.maybe_learn(&answer, &features, embedding);
+            let pseudo = pseudo_update.is_some();
             let pending = PendingPrediction {
                 features,
                 embedding: embedding.to_vec(),
@@ -160,10 +151,23 @@ impl Engine {
                 pseudo,
                 model_version: out.model_version,
             };
-            // Logged through the group commit so a restart can still join its label.
-            self.sink
-                .remember(log::encode_prediction(request_id, answered_ms, &pending));
+            // One message to the WAL writer: the prediction's record, kept so that a
+            // restart can still join its label, and its pseudo-label's update.
+            let update_enqueued = self.sink.remember(
+                log::encode_prediction(request_id, answered_ms, &pending),
+                pseudo_update,
+            );
             self.pending.insert(request_id, pending, Instant::now());
+            predictions.push(Prediction {
+                request_id,
+                label,
+                label_name: labels.and_then(|l| l.get(label as usize).cloned()),
+                confidence,
+                probabilities: decision.probs,
+                path: decision.path,
+                neighbors_used: decision.neighbors_used,
+                update_enqueued,
+            });
         }
         Ok(InferReply {
             model_version: out.model_version,
@@ -263,10 +267,9 @@ impl Engine {
         }
     }
 
-    /// The confidence gate: a confident answer becomes a pseudo-labelled experience
-    /// and an update. Returns whether the gate admitted it, and whether its update
-    /// was enqueued.
-    fn maybe_learn(&self, answer: &Answer, features: &[f32], embedding: &[f32]) -> (bool, bool) {
+    /// The confidence gate: a confident answer becomes a pseudo-label, returned as
+    /// the update (the sink logs it, then hands it to the memory as an experience).
+    fn maybe_learn(&self, answer: &Answer, features: &[f32], embedding: &[f32]) -> Option<Update> {
         let &Answer {
             request_id,
             label,
@@ -275,7 +278,7 @@ impl Engine {
             model_version,
         } = answer;
         if !self.gate.admits(confidence) {
-            return (false, false);
+            return None;
         }
         // Priorities are tiers (label 1.0 > bootstrap > pseudo), not scores: eviction
         // takes the lowest priority, then the oldest, so within a tier the memory
@@ -287,8 +290,7 @@ impl Engine {
             self.config.pseudo_trust
         };
         self.stats.pseudo_labels.fetch_add(1, Ordering::Relaxed);
-        // The sink logs it, then hands it to the memory as an experience.
-        let update = Update {
+        Some(Update {
             kind: UpdateKind::Pseudo,
             features: features.to_vec(),
             label,
@@ -298,7 +300,6 @@ impl Engine {
             trust: self.config.pseudo_trust,
             priority,
             key: Some(embedding.to_vec()),
-        };
-        (true, self.sink.offer(update).is_ok())
+        })
     }
 }

@@ -147,8 +147,10 @@ pub trait UpdateSink: Send + Sync + Debug {
     /// cannot join the prediction twice.
     fn submit(&self, update: Update) -> Result<Receipt, SinkError>;
     /// Fire and forget: an encoded pending prediction (`pending::log`), so a restart
-    /// can still join its label. A full queue drops it (counted).
-    fn remember(&self, record: Vec<u8>);
+    /// can still join its label, with its pseudo-label's update if it became one
+    /// (one message for both). A full queue drops the record (counted); returns
+    /// whether the update was queued, as [`UpdateSink::offer`] would.
+    fn remember(&self, record: Vec<u8>, update: Option<Update>) -> bool;
     /// The sink's counters.
     fn stats(&self) -> SinkStats;
 }
@@ -188,7 +190,9 @@ impl UpdateSink for LocalSink {
         Ok(rx)
     }
 
-    fn remember(&self, _record: Vec<u8>) {}
+    fn remember(&self, _record: Vec<u8>, update: Option<Update>) -> bool {
+        update.is_some_and(|u| self.offer(u).is_ok())
+    }
 
     fn stats(&self) -> SinkStats {
         SinkStats {

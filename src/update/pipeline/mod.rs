@@ -44,8 +44,12 @@ enum Command {
         update: Update,
         ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
     },
-    /// Keep a pending prediction's record in the pending log.
-    Remember(Vec<u8>),
+    /// Keep a pending prediction's record in the pending log, then log its
+    /// pseudo-label's update (encoded), if it became one.
+    Remember {
+        record: Vec<u8>,
+        update: Option<(Vec<u8>, Update)>,
+    },
     /// Anything else, handled after the group's appends are committed.
     Control(Control),
 }
@@ -112,7 +116,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Append { .. } => "Append",
-            Self::Remember(_) => "Remember",
+            Self::Remember { .. } => "Remember",
             Self::Control(Control::Barrier(_)) => "Barrier",
             Self::Control(Control::Truncate(_)) => "Truncate",
             Self::Control(Control::Flush(_)) => "Flush",
@@ -346,13 +350,30 @@ impl UpdateSink for Pipeline {
         Ok(rx)
     }
 
-    fn remember(&self, record: Vec<u8>) {
+    fn remember(&self, record: Vec<u8>, update: Option<Update>) -> bool {
         let queued = &self.shared.remembering;
-        if queued.fetch_add(1, Ordering::Relaxed) >= self.remember_budget
-            || self.tx.try_send(Command::Remember(record)).is_err()
-        {
+        if queued.fetch_add(1, Ordering::Relaxed) >= self.remember_budget {
+            // Over the budget the record is dropped; the update is offered alone.
             queued.fetch_sub(1, Ordering::Relaxed);
             self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+            return update.is_some_and(|u| self.offer(u).is_ok());
+        }
+        let with_update = update.is_some();
+        let update = update.map(|u| {
+            let mut payload = Vec::with_capacity(codec::encoded_len(u.features.len()));
+            codec::encode(&u, &mut payload);
+            (payload, u)
+        });
+        match self.tx.try_send(Command::Remember { record, update }) {
+            Ok(()) => with_update,
+            Err(_) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+                if with_update {
+                    self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
         }
     }
 
@@ -448,11 +469,17 @@ impl Writer {
                         }
                     }
                 },
-                Command::Remember(record) => {
+                Command::Remember { record, update } => {
                     self.shared.remembering.fetch_sub(1, Ordering::Relaxed);
                     if let Err(e) = self.pending.append_prediction(&record) {
                         self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "a pending prediction was not logged");
+                    }
+                    if let Some((payload, update)) = update {
+                        match self.wal.append(&payload) {
+                            Ok(seq) => appended.push((seq, payload, update, None)),
+                            Err(e) => tracing::warn!(error = %e, "a pseudo-label was not logged"),
+                        }
                     }
                 }
                 Command::Control(control) => after.push(control),

@@ -131,9 +131,6 @@ async fn logged_updates_feed_the_memory_in_order_and_labels_answer_their_predict
         p_model: vec![1.0],
         ..Default::default()
     };
-    for id in [7, 8] {
-        pipeline.remember(log::encode_prediction(id, log::unix_ms(), &prediction));
-    }
     let keyed = |origin, kind, key: [f32; 2]| Update {
         kind,
         origin: Some(origin),
@@ -141,12 +138,11 @@ async fn logged_updates_feed_the_memory_in_order_and_labels_answer_their_predict
         trust: if kind == UpdateKind::Label { 1.0 } else { 0.5 },
         ..update(1)
     };
-    pipeline
-        .offer(keyed(7, UpdateKind::Pseudo, [1.0, 0.0]))
-        .unwrap();
-    pipeline
-        .offer(keyed(8, UpdateKind::Pseudo, [0.0, 1.0]))
-        .unwrap();
+    // Each prediction's record travels with its pseudo-label, in one message.
+    for (id, key) in [(7, [1.0, 0.0]), (8, [0.0, 1.0])] {
+        let record = log::encode_prediction(id, log::unix_ms(), &prediction);
+        assert!(pipeline.remember(record, Some(keyed(id, UpdateKind::Pseudo, key))));
+    }
     pipeline.offer(Update::drift(1)).unwrap();
     let seq = pipeline
         .submit(keyed(8, UpdateKind::Label, [0.0, 1.0]))
