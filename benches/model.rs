@@ -6,7 +6,7 @@
 //!
 //! Run with `RAYON_NUM_THREADS=1 cargo bench --bench model`. candle reads that
 //! variable on every matmul and tiny matrices are ~15x slower with a 2-thread pool
-//! (FACTS.md); if it is unset, this binary re-executes itself with it set, as the
+//! (docs/ARCHITECTURE.md, section 3); if it is unset, this binary re-executes itself with it set, as the
 //! server does.
 
 use std::collections::BTreeMap;

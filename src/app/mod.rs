@@ -453,7 +453,7 @@ pub async fn run(
 }
 /// candle sizes its matmul thread pool from `RAYON_NUM_THREADS`, read on every call.
 /// On two cores a pool of 2 makes the small matrices of a per-request forward pass
-/// ~15× slower (FACTS: 82 µs vs 5.3 µs at batch 1), and the model thread is meant to
+/// ~15× slower (docs/ARCHITECTURE.md: 82 µs vs 5.3 µs at batch 1), and the model thread is meant to
 /// be one core anyway. Setting the variable from inside a running process is unsound
 /// once threads exist, so when it is unset the binary re-executes itself with it set:
 /// same pid, same arguments, before any thread starts. Returns only if it is already

@@ -76,7 +76,7 @@ struct Decision {
 
 impl Engine {
     /// Validates every row, runs them through the model in one job, and answers each
-    /// with the vote of DESIGN section 1. Nothing is stored unless all rows are valid.
+    /// with the vote of docs/ARCHITECTURE.md, section 1. Nothing is stored unless all rows are valid.
     pub async fn infer_and_adapt(&self, inputs: Vec<Vec<f32>>) -> Result<InferReply, EngineError> {
         let started = Instant::now();
         // Announce before validating, so the batcher waits for us if it is forming

@@ -11,7 +11,7 @@
 //! view of the log, so a restarted server rebuilds it from a snapshot plus the log
 //! after the snapshot's position (with keys recomputed by the serving model, and
 //! without what a full insert queue dropped, counted). The vote may see an experience a group
-//! commit later than the request made it, which DESIGN allows.
+//! commit later than the request made it, which docs/ARCHITECTURE.md allows.
 
 use std::fmt::Debug;
 use std::sync::Arc;

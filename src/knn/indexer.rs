@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 256;
 /// How long the thread lets experiences gather after the first wakes it. Waking a
 /// parked thread costs the submitter ~10 µs; at a few thousand submits per second
 /// this turns one wake per submit into one per millisecond. The vote may therefore
-/// miss the last millisecond of experiences, which DESIGN allows.
+/// miss the last millisecond of experiences, which docs/ARCHITECTURE.md allows.
 const COALESCE: Duration = Duration::from_millis(1);
 /// How long the thread sleeps on an empty queue with no graph work: bounds how late a
 /// finished build is swapped in. New experiences and shutdown wake it at once.
