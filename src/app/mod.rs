@@ -17,7 +17,7 @@
 pub mod restore;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +30,7 @@ use crate::config::{Config, FsyncMode};
 use crate::engine::ids::{self, IdsOrigin};
 use crate::engine::{Engine, EngineParts, LocalSink, RequestIds, UpdateSink};
 use crate::http::{self, AppState};
-use crate::knn::{Memory, MemoryConfig};
+use crate::knn::{Memory, MemoryConfig, snapshot};
 use crate::model::Mlp;
 use crate::supervisor::{Deps, RingFactory, StartPoint, Supervisor};
 use crate::update::pending_log::PendingLog;
@@ -98,11 +98,6 @@ pub struct Server {
     pub recovery: serde_json::Value,
 }
 
-/// The file holding the memory snapshot.
-fn memory_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("memory.bin")
-}
-
 /// Pending log segments: about 15k predictions each, so whole segments free up
 /// soon after their predictions expire or are pushed out.
 const PENDING_SEGMENT_BYTES: u64 = 4 << 20;
@@ -154,7 +149,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     // The snapshot first: its position is a floor for the WAL's numbering.
     let snapshot_on_disk = {
         let (file, dims) = (
-            memory_file(&state_dir),
+            snapshot::file_in(&state_dir),
             (model.input_dim(), model.embed_dim()),
         );
         tokio::task::spawn_blocking(move || restore::read_snapshot(&file, dims.0, dims.1))
@@ -226,10 +221,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     recovered
         .predictions
         .retain(|(id, _, _)| !restored.labelled.contains(id));
+    // The newest request id any log holds.
+    let newest_id = recovered.max_id.max(restored.max_origin);
     let (request_ids, ids_origin) = RequestIds::open(
         &state_dir.join("request_ids"),
         0,
-        ids::counter_of(recovered.max_id.max(restored.max_origin)),
+        ids::counter_of(newest_id),
     )
     .context("cannot reserve request ids")?;
     match &ids_origin {
@@ -287,10 +284,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .context("cannot restore the pending predictions")?;
     // New ids continue the pending map's ring where the restored ones end, so
     // they push out the oldest restored predictions first, as without a restart.
-    engine.request_ids().align(
-        recovered.max_id.max(restored.max_origin) + 1,
-        config.engine.pending_capacity as u64,
-    );
+    engine
+        .request_ids()
+        .align(newest_id + 1, config.engine.pending_capacity as u64);
     tracing::info!(
         waiting,
         rejoinable,
@@ -328,7 +324,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     tokio::spawn(restore::snapshot_loop(
         engine.clone(),
         pipeline,
-        memory_file(&state_dir),
+        snapshot::file_in(&state_dir),
         Duration::from_secs(config.memory.snapshot_interval_secs),
         stop_rx,
     ));
@@ -357,7 +353,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         engine,
         updates,
         stop_tasks,
-        memory_file: memory_file(&state_dir),
+        memory_file: snapshot::file_in(&state_dir),
         recovery,
     })
 }
@@ -377,7 +373,7 @@ impl Server {
             // Everything queued reaches the store first, so the snapshot reflects
             // the whole log.
             engine.memory().shutdown();
-            restore::save_snapshot(&pipeline, engine.memory(), &engine.model(), &file)
+            pipeline.save_memory_snapshot(&engine.model(), &file)
         })
         .await;
         if let Err(e) = self.updates.pipeline().ring().remove() {

@@ -180,17 +180,13 @@ fn apply(
     let keyed: Vec<usize> = (0..chunk.len())
         .filter(|&i| chunk[i].1.kind != UpdateKind::Drift && chunk[i].1.features.len() == dim)
         .collect();
-    if !keyed.is_empty() {
-        let inputs: Vec<f32> = keyed
-            .iter()
-            .flat_map(|&i| chunk[i].1.features.iter().copied())
-            .collect();
-        let out = model
-            .forward(&inputs, keyed.len())
-            .context("cannot key the WAL's experiences")?;
-        for (row, &i) in keyed.iter().enumerate() {
-            chunk[i].1.key = Some(out.embedding_row(row).to_vec());
-        }
+    let rows: Vec<&[f32]> = keyed
+        .iter()
+        .map(|&i| chunk[i].1.features.as_slice())
+        .collect();
+    let keys = keys_of(model, &rows).context("cannot key the WAL's experiences")?;
+    for (&i, key) in keyed.iter().zip(keys) {
+        chunk[i].1.key = Some(key);
     }
     for (seq, update) in chunk.drain(..) {
         match update.kind {
@@ -227,38 +223,25 @@ fn push(mut submit: impl FnMut() -> Result<(), KnnError>) {
 /// Recomputes embeddings with `model`, in batches.
 fn reembed(model: &Mlp, experiences: &mut [Experience]) -> Result<(), crate::model::ModelError> {
     for chunk in experiences.chunks_mut(CHUNK) {
-        let inputs: Vec<f32> = chunk
-            .iter()
-            .flat_map(|e| e.features.iter().copied())
-            .collect();
-        let out = model.forward(&inputs, chunk.len())?;
-        for (i, e) in chunk.iter_mut().enumerate() {
-            e.embedding = out.embedding_row(i).to_vec();
+        let rows: Vec<&[f32]> = chunk.iter().map(|e| e.features.as_slice()).collect();
+        let keys = keys_of(model, &rows)?;
+        for (e, key) in chunk.iter_mut().zip(keys) {
+            e.embedding = key;
         }
     }
     Ok(())
 }
 
-/// Writes the memory's snapshot under `model`'s shape; returns the log position it
-/// reflects.
-pub fn write_snapshot(memory: &Memory, model: &Mlp, file: &Path) -> anyhow::Result<u64> {
-    let shape = snapshot::Shape {
-        model_version: model.version(),
-        input_dim: model.input_dim(),
-        embed_dim: model.embed_dim(),
-    };
-    snapshot::save(memory, shape, file).context("cannot snapshot the memory")
-}
-
-/// Writes the snapshot through the pipeline's snapshot lock, which lets the WAL be
-/// truncated up to its position.
-pub fn save_snapshot(
-    pipeline: &crate::update::pipeline::Pipeline,
-    memory: &Memory,
-    model: &Mlp,
-    file: &Path,
-) -> anyhow::Result<u64> {
-    pipeline.with_snapshot_lock(|| write_snapshot(memory, model, file))
+/// The memory keys `model` gives `rows` (one input each), in one forward pass.
+fn keys_of(model: &Mlp, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>, crate::model::ModelError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inputs: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    let out = model.forward(&inputs, rows.len())?;
+    Ok((0..rows.len())
+        .map(|i| out.embedding_row(i).to_vec())
+        .collect())
 }
 
 /// Snapshots the memory every `every` until `stop` turns true.
@@ -278,7 +261,7 @@ pub async fn snapshot_loop(
         }
         let (engine, file, pipeline) = (engine.clone(), file.clone(), pipeline.clone());
         let written = tokio::task::spawn_blocking(move || {
-            save_snapshot(&pipeline, engine.memory(), &engine.model(), &file)
+            pipeline.save_memory_snapshot(&engine.model(), &file)
         })
         .await;
         match written {

@@ -99,6 +99,11 @@ pub fn write(
     })
 }
 
+/// Where a state dir keeps the memory's snapshot.
+pub fn file_in(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("memory.bin")
+}
+
 /// Writes `memory`'s snapshot; returns the log position it reflects.
 pub fn save(memory: &super::Memory, shape: Shape, path: &Path) -> Result<u64, SnapshotError> {
     let (experiences, seq) = memory.snapshot();

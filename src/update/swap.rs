@@ -523,19 +523,11 @@ impl UpdatePath {
         };
         self.pipeline.flush().await?;
         // And the memory, so a restart replays nothing before this point.
-        let (engine, file) = (self.engine.clone(), self.state_dir.join("memory.bin"));
-        let pipeline = self.pipeline.clone();
+        let (engine, pipeline) = (self.engine.clone(), self.pipeline.clone());
+        let file = crate::knn::snapshot::file_in(&self.state_dir);
         let saved = tokio::task::spawn_blocking(move || {
             engine.memory().flush(std::time::Duration::from_secs(10));
-            let model = engine.model();
-            let shape = crate::knn::snapshot::Shape {
-                model_version: model.version(),
-                input_dim: model.input_dim(),
-                embed_dim: model.embed_dim(),
-            };
-            pipeline.with_snapshot_lock(|| {
-                Ok(crate::knn::snapshot::save(engine.memory(), shape, &file)?)
-            })
+            pipeline.save_memory_snapshot(&engine.model(), &file)
         })
         .await;
         match saved {

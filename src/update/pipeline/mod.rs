@@ -18,6 +18,7 @@
 //! A std channel rather than a tokio one: the consumer is a plain thread that blocks
 //! on `recv`, and `try_send` from async code never blocks.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -33,6 +34,8 @@ use super::pending_log::PendingLog;
 use crate::engine::{Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory};
 use crate::ipc::{Producer, PushError, Ring};
 use crate::knn::Memory;
+use crate::knn::snapshot::{self, SnapshotError};
+use crate::model::Mlp;
 use crate::wal::Wal;
 
 /// What the writer thread is asked to do, in queue order.
@@ -109,6 +112,8 @@ pub struct Pipeline {
     /// (the periodic one, a checkpoint, shutdown) never interleave and a snapshot
     /// never replaces a newer one.
     snapshot_lock: Mutex<()>,
+    /// The memory the writer feeds, for its snapshots.
+    memory: Arc<Memory>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -178,7 +183,7 @@ impl Pipeline {
             wal,
             pending,
             producer,
-            memory,
+            memory: memory.clone(),
             drift_keep,
             shared: shared.clone(),
             group_max,
@@ -192,6 +197,7 @@ impl Pipeline {
             ring: ArcSwap::new(ring),
             remember_budget: (queue / 2).max(1),
             snapshot_lock: Mutex::new(()),
+            memory,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -240,17 +246,25 @@ impl Pipeline {
         self.shared.pending_bytes.load(Ordering::Relaxed)
     }
 
-    /// Runs `write`, which captures the memory and writes its snapshot, returning
-    /// the log position it reflects, under the snapshot lock; then WAL records at
-    /// or below that position are no longer needed to rebuild the memory.
-    pub fn with_snapshot_lock(
-        &self,
-        write: impl FnOnce() -> anyhow::Result<u64>,
-    ) -> anyhow::Result<u64> {
+    /// Captures the memory and writes its snapshot to `file` under `model`'s shape,
+    /// under the snapshot lock; returns the log position it reflects, at or below
+    /// which WAL records are then no longer needed to rebuild the memory. For the
+    /// periodic snapshot, the checkpoint and shutdown alike. Blocking.
+    pub fn save_memory_snapshot(&self, model: &Mlp, file: &Path) -> Result<u64, SnapshotError> {
         let _one_at_a_time = self.snapshot_lock.lock();
-        let seq = write()?;
-        self.shared.memory_floor.fetch_max(seq, Ordering::Relaxed);
+        let shape = snapshot::Shape {
+            model_version: model.version(),
+            input_dim: model.input_dim(),
+            embed_dim: model.embed_dim(),
+        };
+        let seq = snapshot::save(&self.memory, shape, file)?;
+        self.raise_memory_floor(seq);
         Ok(seq)
+    }
+
+    /// A snapshot reflecting the log through `seq` is on disk.
+    fn raise_memory_floor(&self, seq: u64) {
+        self.shared.memory_floor.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// The last sequence number logged once everything queued before this call is
@@ -321,8 +335,7 @@ impl Pipeline {
         update: Update,
         ack: Option<oneshot::Sender<Result<u64, SinkError>>>,
     ) -> Result<(), SinkError> {
-        let mut payload = Vec::with_capacity(codec::encoded_len(update.features.len()));
-        codec::encode(&update, &mut payload);
+        let (payload, update) = encoded(update);
         match self.tx.try_send(Command::Append {
             payload,
             update,
@@ -359,11 +372,7 @@ impl UpdateSink for Pipeline {
             return update.is_some_and(|u| self.offer(u).is_ok());
         }
         let with_update = update.is_some();
-        let update = update.map(|u| {
-            let mut payload = Vec::with_capacity(codec::encoded_len(u.features.len()));
-            codec::encode(&u, &mut payload);
-            (payload, u)
-        });
+        let update = update.map(encoded);
         match self.tx.try_send(Command::Remember { record, update }) {
             Ok(()) => with_update,
             Err(_) => {
@@ -385,6 +394,13 @@ impl UpdateSink for Pipeline {
             refused: self.shared.refused.load(Ordering::Relaxed),
         }
     }
+}
+
+/// An update with its WAL record (encoded on the caller's thread, not the writer's).
+fn encoded(update: Update) -> (Vec<u8>, Update) {
+    let mut payload = Vec::with_capacity(codec::encoded_len(update.features.len()));
+    codec::encode(&update, &mut payload);
+    (payload, update)
 }
 
 /// How long the idle writer sleeps between checks that its handle still exists.
