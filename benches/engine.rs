@@ -15,11 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use adaptserve::app::{build_engine, ensure_single_threaded_kernels};
-use adaptserve::config::Config;
-use adaptserve::engine::{Engine, ForestVoter, LinearVoter};
-use adaptserve::knn::Experience;
-use adaptserve::simulate::stream::SyntheticStream;
+use adaptserve_lab::simulate::stream::SyntheticStream;
+use adaptserve_server::app::{build_engine, ensure_single_threaded_kernels};
+use adaptserve_server::config::Config;
+use adaptserve_server::engine::{Engine, ForestVoter, LinearVoter};
+use adaptserve_server::knn::Experience;
 use criterion::{BenchmarkId, Criterion};
 
 fn engine_with_memory(rt: &tokio::runtime::Runtime, size: usize) -> Arc<Engine> {

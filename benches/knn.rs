@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use adaptserve::knn::{Experience, KnnError, KnnIndex, Memory, MemoryConfig};
+use adaptserve_server::knn::{Experience, KnnError, KnnIndex, Memory, MemoryConfig};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hnsw_rs::prelude::{DistL2, Hnsw};
 use rand::{Rng, SeedableRng};

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 
-use adaptserve::model::{Mlp, SaveDtype, init_model};
+use adaptserve_core::model::{Mlp, SaveDtype, init_model};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 fn forward(c: &mut Criterion) {
@@ -33,7 +33,7 @@ fn forward(c: &mut Criterion) {
         .expect("save F32");
     let f32_model = Mlp::load(&f32_dir).expect("load F32");
 
-    let stream = adaptserve::simulate::stream::SyntheticStream::new(Default::default());
+    let stream = adaptserve_lab::simulate::stream::SyntheticStream::new(Default::default());
     let inputs: Vec<f32> = stream.iter(0).take(32).flat_map(|s| s.features).collect();
 
     let mut group = c.benchmark_group("forward");
@@ -50,7 +50,7 @@ fn forward(c: &mut Criterion) {
 }
 
 fn main() {
-    adaptserve::app::ensure_single_threaded_kernels();
+    adaptserve_server::app::ensure_single_threaded_kernels();
     let mut criterion = Criterion::default().configure_from_args();
     forward(&mut criterion);
     criterion.final_summary();

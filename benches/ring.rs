@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adaptserve::ipc::{PushError, Ring};
+use adaptserve_core::ipc::{PushError, Ring};
 use criterion::{Criterion, Throughput, criterion_group};
 
 const CHILD_ENV: &str = "ADAPTSERVE_RING_BENCH_CHILD";

@@ -11,15 +11,15 @@
 
 use std::time::{Duration, Instant};
 
-use adaptserve::config::{Config, Secret};
-use adaptserve::simulate::stream::SyntheticStream;
+use adaptserve_lab::simulate::stream::SyntheticStream;
+use adaptserve_server::config::{Config, Secret};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "bench";
 
 fn bench_update_to_effect(c: &mut Criterion) {
-    adaptserve::app::ensure_single_threaded_kernels();
+    adaptserve_server::app::ensure_single_threaded_kernels();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,7 +37,7 @@ fn bench_update_to_effect(c: &mut Criterion) {
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(adaptserve::app::run(config, listener, async move {
+    let server = rt.spawn(adaptserve_server::app::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
     let http = reqwest::Client::new();

@@ -19,7 +19,7 @@ INPUT_DIM, HIDDEN, NUM_CLASSES = 5, [8, 6], 3
 ACTIVATION = "tanh"
 LABELS = ["cat", "dog", "bird"]
 PROBES = 20
-EPS = 1e-8  # the standardiser's epsilon, as in src/model/mlp.rs
+EPS = 1e-8  # the standardiser's epsilon, as in crates/core/src/model/mlp.rs
 VERSION = "3"
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "numpy_mlp"

@@ -18,7 +18,7 @@ Three subcommands, run from the repository root:
 
 Needs: pip install river (0.26). Seeded: the same seed writes the same streams.
 
-The scores are defined once, here and in src/eval/score.rs, identically:
+The scores are defined once, here and in crates/lab/src/eval/score.rs, identically:
 - accuracy over every prediction, and over the first 1000;
 - accuracy in consecutive 1000-sample windows;
 - Cohen's kappa of the predictions against the labels;

@@ -1,11 +1,15 @@
-//! The `adaptserve` binary: arguments → config → telemetry → `app::run`.
+//! The `adaptserve` binary: arguments → config → telemetry → `app::run`, or one of
+//! the lab's tools.
 
 use std::process::ExitCode;
 
-use adaptserve::config::{Cli, Command, Config, ServeArgs};
-use adaptserve::{app, model, shutdown, telemetry};
+mod cli;
+
+use adaptserve_core::{model, shutdown, telemetry};
+use adaptserve_server::app;
 use anyhow::Context;
 use clap::Parser;
+use cli::{Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,10 +38,10 @@ fn main() -> ExitCode {
         Command::Quantize(a) => model::quantize(&a.input, &a.output)
             .map(|report| println!("{report}"))
             .map_err(anyhow::Error::from),
-        Command::TrainDefault(a) => model::train_default_model(&a.output, a.seed)
+        Command::TrainDefault(a) => adaptserve_lab::train_default_model(&a.output, a.seed)
             .map(|report| println!("{report}"))
             .map_err(anyhow::Error::from),
-        Command::Simulate(a) => match adaptserve::simulate::simulate(a) {
+        Command::Simulate(a) => match adaptserve_lab::simulate::simulate(a) {
             // A failed check is the simulation's verdict, already printed: exit 1.
             Ok(false) => return ExitCode::FAILURE,
             Ok(true) => Ok(()),
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Eval(a) => adaptserve::eval::eval(a),
+        Command::Eval(a) => adaptserve_lab::eval::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::from_serve_args(&args)?;
+    let config = args.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("adaptserve-rt")

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use adaptserve::model::{Mlp, ModelError};
+use adaptserve_core::model::{Mlp, ModelError};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};

@@ -17,8 +17,8 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adaptserve::ipc::Ring;
-use adaptserve::wal::{FsyncPolicy, Wal, WalConfig};
+use adaptserve_core::ipc::Ring;
+use adaptserve_core::wal::{FsyncPolicy, Wal, WalConfig};
 
 const CHILD_ENV: &str = "ADAPTSERVE_RING_CHILD";
 const N: u64 = 200_000;
@@ -66,7 +66,7 @@ impl Applier {
 
     /// Applies `applied + 1 ..= through` from the WAL.
     fn fill_from_wal(&mut self, wal_dir: &Path, through: u64) {
-        adaptserve::wal::replay(wal_dir, self.applied + 1, |seq, bytes| {
+        adaptserve_core::wal::replay(wal_dir, self.applied + 1, |seq, bytes| {
             if seq > through {
                 return ControlFlow::Break(());
             }

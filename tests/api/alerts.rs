@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use adaptserve::alerts::{Alerts, Severity};
-use adaptserve::config::{AlertConfig, Secret, WebhookConfig, WebhookFormat};
+use adaptserve_server::alerts::{Alerts, Severity};
+use adaptserve_server::config::{AlertConfig, Secret, WebhookConfig, WebhookFormat};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;

@@ -191,7 +191,7 @@ async fn a_sigkilled_server_loses_no_acknowledged_update() {
 pub(crate) fn remove_rings(pids: &[u32]) {
     for pid in pids {
         let prefix = format!("adaptserve-{pid}-");
-        for entry in std::fs::read_dir(adaptserve::ipc::default_dir())
+        for entry in std::fs::read_dir(adaptserve_core::ipc::default_dir())
             .unwrap()
             .flatten()
         {

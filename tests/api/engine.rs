@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use adaptserve::engine::{BreakerState, FeedbackTarget, InferPath, LabelRef};
+use adaptserve_server::engine::{BreakerState, FeedbackTarget, InferPath, LabelRef};
 
 use crate::common::{sample, test_config};
 
@@ -15,7 +15,7 @@ async fn knn_failures_fall_back_open_the_breaker_and_recover() {
     config.engine.cold_start_threshold = 20;
     config.engine.breaker_failures = 3;
     config.engine.breaker_cooldown_ms = 200;
-    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    let engine = adaptserve_server::app::build_engine(&config).await.unwrap();
     for t in 0..30 {
         let (x, y) = sample(t);
         engine
@@ -58,7 +58,7 @@ async fn hedge_lambda_moves_only_on_labelled_feedback() {
     let mut config = test_config(state.path());
     config.engine.cold_start_threshold = 20;
     config.engine.confidence_threshold = 0.0; // every answer becomes a pseudo-label
-    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    let engine = adaptserve_server::app::build_engine(&config).await.unwrap();
     for t in 0..30 {
         let (x, y) = sample(t);
         engine
@@ -96,7 +96,7 @@ async fn a_full_memory_keeps_bootstrap_and_the_newest_pseudo_labels() {
     config.memory.capacity = 50;
     config.engine.cold_start_threshold = 10;
     config.engine.confidence_threshold = 0.0; // every answer is learned
-    let engine = adaptserve::app::build_engine(&config).await.unwrap();
+    let engine = adaptserve_server::app::build_engine(&config).await.unwrap();
     let inputs: Vec<Vec<f32>> = (0..200).map(|t| sample(t).0).collect();
     for x in &inputs {
         engine.infer_and_adapt(vec![x.clone()]).await.unwrap();

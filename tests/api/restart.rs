@@ -141,8 +141,8 @@ impl Server {
 /// The memory as the snapshot on disk has it: (features, label, trust) per experience,
 /// sorted, so two memories compare as multisets.
 fn memory_on_disk(state: &Path) -> Vec<(Vec<u32>, u32, u32)> {
-    let model = adaptserve::model::Mlp::load(&default_model()).unwrap();
-    let snap = adaptserve::knn::snapshot::read(
+    let model = adaptserve_core::model::Mlp::load(&default_model()).unwrap();
+    let snap = adaptserve_server::knn::snapshot::read(
         &state.join("memory.bin"),
         model.input_dim(),
         model.embed_dim(),
@@ -459,7 +459,7 @@ async fn the_memory_survives_a_sigkill_with_and_without_a_snapshot_and_past_dama
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_in_the_wal_wins_over_a_prediction_the_pending_log_still_holds() {
-    use adaptserve::engine::{Update, UpdateKind};
+    use adaptserve_server::engine::{Update, UpdateKind};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let a = Server::start(&state);
@@ -471,9 +471,10 @@ async fn a_label_in_the_wal_wins_over_a_prediction_the_pending_log_still_holds()
     // A crash between the label's WAL commit and its answered record, written by
     // hand: the label is in the WAL, the pending log still holds the prediction.
     let (mut wal, _) =
-        adaptserve::wal::Wal::open(adaptserve::wal::WalConfig::new(state.join("wal"))).unwrap();
+        adaptserve_core::wal::Wal::open(adaptserve_core::wal::WalConfig::new(state.join("wal")))
+            .unwrap();
     let mut payload = Vec::new();
-    adaptserve::update::codec::encode(
+    adaptserve_server::update::codec::encode(
         &Update {
             kind: UpdateKind::Label,
             features,

@@ -26,7 +26,7 @@ fn unit_rows(model: &std::path::Path, n: u64) -> Vec<(Vec<f32>, u32)> {
                 .collect()
         })
         .collect();
-    let fresh = adaptserve::model::Mlp::load(model).unwrap();
+    let fresh = adaptserve_core::model::Mlp::load(model).unwrap();
     let flat: Vec<f32> = rows.concat();
     let answers = fresh.forward(&flat, rows.len()).unwrap();
     rows.into_iter()
@@ -116,14 +116,14 @@ async fn settled_worker(server: &TestServer) -> Value {
 fn publish_as_worker(
     state: &std::path::Path,
     status: &Value,
-    weights: &adaptserve::model::Mlp,
+    weights: &adaptserve_core::model::Mlp,
     version: u64,
     parent: u64,
 ) {
-    let store = adaptserve::update::Checkpoints::new(state.join("checkpoints"));
+    let store = adaptserve_server::update::Checkpoints::new(state.join("checkpoints"));
     store.publish(weights, version, parent, 20).unwrap();
     let path = status["ring"]["path"].as_str().unwrap();
-    adaptserve::ipc::Ring::open(std::path::Path::new(path))
+    adaptserve_core::ipc::Ring::open(std::path::Path::new(path))
         .unwrap()
         .set_published_version(version);
 }
@@ -147,7 +147,7 @@ async fn after_a_rollback_the_version_left_cannot_come_back_through_its_children
     // The old worker's late publication, trained from the version left. Its weights
     // are the left version's, so without the rule it would be swapped in (the
     // fresh-model allowance skips the KL check) and undo the rollback.
-    let store = adaptserve::update::Checkpoints::new(state.path().join("checkpoints"));
+    let store = adaptserve_server::update::Checkpoints::new(state.path().join("checkpoints"));
     let weights = store.load(left).unwrap();
     let late = left + 100;
     publish_as_worker(state.path(), &status, &weights, late, left);
@@ -178,7 +178,7 @@ async fn a_version_trained_on_a_rejected_one_is_refused_without_a_restart() {
     );
     // Nothing was swapped in, so every version on disk but the serving 0 was
     // published by a worker and rejected; the newest was the last one compared.
-    let store = adaptserve::update::Checkpoints::new(state.path().join("checkpoints"));
+    let store = adaptserve_server::update::Checkpoints::new(state.path().join("checkpoints"));
     let rejected = *store.versions().last().unwrap();
     assert!(rejected > 0, "{:?}", store.versions());
     // Stand in for the old worker's late publication: trained from the rejected
@@ -201,7 +201,7 @@ async fn a_version_trained_on_a_rejected_one_is_refused_without_a_restart() {
     // can overwrite this one before the swap task reads it, or one of its versions
     // can be swapped in first: announce again while waiting for this version.)
     publish_as_worker(state.path(), &status, &same, late + 1, 0);
-    let ring = adaptserve::ipc::Ring::open(std::path::Path::new(
+    let ring = adaptserve_core::ipc::Ring::open(std::path::Path::new(
         status["ring"]["path"].as_str().unwrap(),
     ))
     .unwrap();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use adaptserve::config::{FreshModel, KeyChoice};
+use adaptserve_server::config::{FreshModel, KeyChoice};
 use serde_json::{Value, json};
 
 use crate::common::{ADMIN_TOKEN, TestServer, client, sample};
@@ -32,7 +32,7 @@ async fn feedback(server: &TestServer, t: u64) -> u64 {
 /// A fresh model for the synthetic task: it starts knowing nothing.
 pub(super) fn fresh_model(dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("fresh");
-    adaptserve::model::init_model(16, 4, &[64], 5, &out).unwrap();
+    adaptserve_core::model::init_model(16, 4, &[64], 5, &out).unwrap();
     out
 }
 
@@ -145,11 +145,11 @@ async fn a_fresh_model_learns_from_a_stream_of_labels() {
 
     // The weights themselves learned, not only the k-NN memory: the model alone,
     // before and after, on 500 samples it never saw.
-    let store = adaptserve::update::Checkpoints::new(state.join("checkpoints"));
+    let store = adaptserve_server::update::Checkpoints::new(state.join("checkpoints"));
     let model_accuracy = |version: u64| {
         // The first version was pruned (five are kept); it is the fresh model.
         let m = if version == v0 {
-            adaptserve::model::Mlp::load(&dir.path().join("fresh")).unwrap()
+            adaptserve_core::model::Mlp::load(&dir.path().join("fresh")).unwrap()
         } else {
             store.load(version).unwrap()
         };

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use adaptserve::config::Config;
+use adaptserve_server::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,7 +24,7 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
     config.server.model = default_model();
     config.server.port = 0;
     config.server.state_dir = state_dir.to_path_buf();
-    config.server.admin_token = Some(adaptserve::config::Secret::new(ADMIN_TOKEN));
+    config.server.admin_token = Some(adaptserve_server::config::Secret::new(ADMIN_TOKEN));
     config.worker.cooldown_ms = 100;
     config
 }
@@ -56,7 +56,7 @@ impl TestServer {
 
     /// Starts a server on an existing state dir (which outlives it: restart tests).
     pub async fn start_at(state_dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
-        adaptserve::telemetry::init();
+        adaptserve_core::telemetry::init();
         let mut config = test_config(state_dir);
         tweak(&mut config);
         config.validate().expect("test config is valid");
@@ -65,7 +65,7 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(adaptserve::app::run(config, listener, async move {
+        let handle = tokio::spawn(adaptserve_server::app::run(config, listener, async move {
             let _ = rx.await;
         }));
         let server = Self {
@@ -215,7 +215,7 @@ pub fn client() -> reqwest::Client {
 
 /// A sample of the synthetic task the default model was trained on.
 pub fn sample(t: u64) -> (Vec<f32>, u32) {
-    let stream = adaptserve::simulate::stream::SyntheticStream::new(Default::default());
+    let stream = adaptserve_lab::simulate::stream::SyntheticStream::new(Default::default());
     let s = stream.sample(t);
     (s.features, s.label)
 }

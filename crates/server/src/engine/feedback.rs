@@ -1,0 +1,211 @@
+//! Labelled feedback: a delayed label for an earlier prediction, or a labelled
+//! example sent whole. Either becomes a trusted experience and a `Label` update; a
+//! delayed label also scores the prediction it joins, which drives the Hedge vote
+//! weights and the drift detector.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::vote::{KNN, loss, zero_one_loss};
+use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
+use crate::config::HedgeLoss;
+use crate::model::argmax;
+
+/// What a label is attached to.
+#[derive(Debug, Clone)]
+pub enum FeedbackTarget {
+    /// A prediction made earlier, by its `request_id`.
+    Request(u64),
+    /// A labelled example the server has not seen.
+    Features(Vec<f32>),
+}
+
+/// A label, as a class index or as one of the model's label names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LabelRef {
+    Index(u64),
+    Name(String),
+}
+
+/// The answer to an accepted feedback.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedbackReceipt {
+    /// The update's sequence number.
+    pub seq: u64,
+}
+
+/// Priority of labelled experiences: above every pseudo-label and bootstrap entry, so
+/// eviction takes those first.
+const LABEL_PRIORITY: f32 = 1.0;
+/// Vote weight of a label a client sent.
+const LABEL_TRUST: f32 = 1.0;
+
+impl Engine {
+    /// Accepts one label. Every check runs before any state changes, so a refused
+    /// feedback leaves the prediction waiting for a correct label.
+    pub async fn feedback(
+        &self,
+        target: FeedbackTarget,
+        label: LabelRef,
+    ) -> Result<FeedbackReceipt, EngineError> {
+        let label = self.resolve_label(&label)?;
+        let (features, embedding, joined) = match target {
+            FeedbackTarget::Request(request_id) => {
+                let pending = self
+                    .pending
+                    .take(request_id, Instant::now())
+                    .ok_or(EngineError::UnknownRequest { request_id })?;
+                let features = pending.features.clone();
+                let embedding = pending.embedding.clone();
+                (features, embedding, Some((request_id, pending)))
+            }
+            FeedbackTarget::Features(features) => {
+                let dim = self.model.load().input_dim();
+                if features.len() != dim {
+                    return Err(EngineError::WrongFeatureDimension {
+                        expected: dim,
+                        found: features.len(),
+                    });
+                }
+                check_finite(|| "features".to_string(), &features)?;
+                let announcement = self.client.announce();
+                let out = self
+                    .client
+                    .forward(features.clone(), 1, announcement)
+                    .await?;
+                (features, out.embeddings, None)
+            }
+        };
+
+        // The label is acknowledged only once its update is in the log, and nothing
+        // else changes before that: a refused feedback (full queue, closed log) puts
+        // the prediction back so the client can retry the same request_id.
+        // The sink logs it, then hands it to the memory as a trusted experience
+        // (superseding the prediction's pseudo-label, if it became one).
+        let update = Update {
+            kind: UpdateKind::Label,
+            features: features.clone(),
+            label,
+            weight: LABEL_TRUST,
+            model_version: self.model.load().version(),
+            origin: joined.as_ref().map(|(request_id, _)| *request_id),
+            trust: LABEL_TRUST,
+            priority: LABEL_PRIORITY,
+            key: Some(embedding),
+        };
+        let logged = match self.sink.submit(update) {
+            Ok(receipt) => receipt.await.unwrap_or(Err(SinkError::Closed)),
+            Err(e) => Err(e),
+        };
+        let seq = match logged {
+            Ok(seq) => seq,
+            Err(e) => {
+                if let Some((request_id, pending)) = joined {
+                    self.pending.insert(request_id, pending, Instant::now());
+                }
+                return Err(match e {
+                    SinkError::Full => EngineError::Overloaded {
+                        what: "the update log queue",
+                    },
+                    SinkError::Closed | SinkError::Log(_) => EngineError::UpdatesUnavailable {
+                        reason: e.to_string(),
+                    },
+                });
+            }
+        };
+
+        // The linear voter learns from every label, in place (a few hundred flops).
+        if let Some(linear) = &self.linear {
+            linear.learn(&features, label as usize, joined.is_some());
+        }
+        // So does the forest (ten root-to-leaf walks and leaf updates).
+        if let Some(forest) = &self.forest {
+            forest.learn(&features, label as usize);
+        }
+        if let Some((_, pending)) = joined {
+            let y = label as usize;
+            // The voters that voted on this prediction, in Hedge's order.
+            let voters = [
+                Some(pending.p_model.as_slice()),
+                pending.p_knn.as_deref(),
+                pending.p_lin.as_deref(),
+                pending.p_forest.as_deref(),
+            ];
+            if voters[KNN].is_some() {
+                let loss = match self.config.hedge_loss {
+                    HedgeLoss::ZeroOne => zero_one_loss,
+                    HedgeLoss::Absolute => loss,
+                };
+                self.hedge.update(voters.map(|p| p.map(|p| loss(p, y))));
+            }
+            if self.gate.observe_label(pending.predicted != label) {
+                self.on_drift();
+            }
+            for (i, p) in voters.iter().enumerate() {
+                if let Some(p) = p {
+                    self.stats.voter_scored[i].fetch_add(1, Ordering::Relaxed);
+                    if argmax(p).0 == y {
+                        self.stats.voter_correct[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if pending.pseudo {
+                self.stats.pseudo_scored.fetch_add(1, Ordering::Relaxed);
+                if pending.predicted == label {
+                    self.stats.pseudo_correct.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.stats.labels_scored.fetch_add(1, Ordering::Relaxed);
+            if pending.predicted == label {
+                self.stats.labels_correct.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.labels.fetch_add(1, Ordering::Relaxed);
+        Ok(FeedbackReceipt { seq })
+    }
+
+    /// The drift detector alarmed: the memory forgets all but its most recent
+    /// experiences (`drift_keep`), and the worker is told to do the same with its
+    /// replay buffer. Both learn it from the logged marker, in order with the
+    /// updates around it. The marker is offered like a pseudo-label: if the queue is
+    /// full it is dropped and counted (`updates.refused`), the memory forgets at
+    /// once, and the worker's replay ages the old concept out over
+    /// `replay_capacity` labels instead.
+    fn on_drift(&self) {
+        let marker = Update::drift(self.model.load().version());
+        let told_worker = self.sink.offer(marker).is_ok();
+        if !told_worker && self.config.drift_keep > 0 {
+            self.memory.forget_older_than(self.config.drift_keep);
+        }
+        tracing::info!(
+            kept = self.config.drift_keep,
+            told_worker,
+            "drift detected: the memory forgets all but its most recent experiences"
+        );
+    }
+
+    /// A label index or name, checked against the serving model.
+    pub fn resolve_label(&self, label: &LabelRef) -> Result<u32, EngineError> {
+        let model = self.model.load();
+        let num_classes = model.num_classes();
+        match label {
+            LabelRef::Index(i) if (*i as usize) < num_classes && *i <= u32::MAX as u64 => {
+                Ok(*i as u32)
+            }
+            LabelRef::Index(i) => Err(EngineError::LabelOutOfRange {
+                label: *i,
+                num_classes,
+            }),
+            LabelRef::Name(name) => model
+                .config()
+                .labels
+                .as_ref()
+                .and_then(|names| names.iter().position(|n| n == name))
+                .map(|i| i as u32)
+                .ok_or_else(|| EngineError::UnknownLabelName { name: name.clone() }),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `infer_and_adapt`: validate, forward, vote (or cold start, or fall back), gate,
+//! remember the prediction for its delayed label, reply.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::pending::log;
+use super::vote::{blend, knn_distribution};
+use super::{Engine, EngineError, PendingPrediction, Update, UpdateKind, check_finite};
+use crate::model::argmax;
+
+/// Which path answered a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferPath {
+    /// The memory is still too small to vote: the model answered alone.
+    ColdStart,
+    /// The model and the neighbours voted.
+    Ensemble,
+    /// The k-NN failed, timed out or its breaker was open: the model answered alone.
+    Fallback,
+}
+
+/// One row's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub request_id: u64,
+    pub label: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_name: Option<String>,
+    pub confidence: f32,
+    pub probabilities: Vec<f32>,
+    pub path: InferPath,
+    pub neighbors_used: usize,
+    pub update_enqueued: bool,
+}
+
+/// Where the time went, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    /// Queueing plus the batched forward pass.
+    pub model_us: u64,
+    /// k-NN search and vote, summed over rows.
+    pub knn_us: u64,
+    /// The whole engine call.
+    pub total_us: u64,
+}
+
+/// The answer to one `/v1/infer` request.
+#[derive(Debug, Clone, Serialize)]
+pub struct InferReply {
+    pub model_version: u64,
+    pub predictions: Vec<Prediction>,
+    pub timings: Timings,
+}
+
+/// What was answered for one row, as the confidence gate sees it.
+struct Answer {
+    request_id: u64,
+    label: u32,
+    confidence: f32,
+    path: InferPath,
+    model_version: u64,
+}
+
+/// The vote's outcome for one row.
+struct Decision {
+    probs: Vec<f32>,
+    p_knn: Option<Vec<f32>>,
+    p_lin: Option<Vec<f32>>,
+    p_forest: Option<Vec<f32>>,
+    path: InferPath,
+    neighbors_used: usize,
+}
+
+impl Engine {
+    /// Validates every row, runs them through the model in one job, and answers each
+    /// with the vote of docs/ARCHITECTURE.md, section 1. Nothing is stored unless all rows are valid.
+    pub async fn infer_and_adapt(&self, inputs: Vec<Vec<f32>>) -> Result<InferReply, EngineError> {
+        let started = Instant::now();
+        // Announce before validating, so the batcher waits for us if it is forming
+        // a batch right now.
+        let announcement = self.client.announce();
+        let model = self.model.load_full();
+        let dim = model.input_dim();
+        if inputs.is_empty() {
+            return Err(EngineError::EmptyBatch);
+        }
+        if inputs.len() > self.max_client_batch {
+            return Err(EngineError::BatchTooLarge {
+                rows: inputs.len(),
+                max: self.max_client_batch,
+            });
+        }
+        let mut flat = Vec::with_capacity(inputs.len() * dim);
+        for (row, values) in inputs.iter().enumerate() {
+            if values.len() != dim {
+                return Err(EngineError::WrongDimension {
+                    row,
+                    expected: dim,
+                    found: values.len(),
+                });
+            }
+            check_finite(|| format!("inputs[{row}]"), values)?;
+            flat.extend_from_slice(values);
+        }
+        let rows = inputs.len();
+        let out = self.client.forward(flat, rows, announcement).await?;
+        let model_us = started.elapsed().as_micros() as u64;
+        // Ids for every row before anything is stored: a refusal changes nothing.
+        let first_id = self
+            .ids
+            .take(rows as u64)
+            .ok_or(EngineError::IdsUnavailable)?;
+        let answered_ms = log::unix_ms();
+
+        let labels = model.config().labels.as_ref();
+        let (k, e) = (out.num_classes, out.embed_dim);
+        let mut knn_us = 0;
+        let mut predictions = Vec::with_capacity(rows);
+        for (i, features) in inputs.into_iter().enumerate() {
+            let p_model = &out.probs[i * k..(i + 1) * k];
+            let embedding = &out.embeddings[i * e..(i + 1) * e];
+            let vote_started = Instant::now();
+            // The linear voter sees every row, whichever path answers it, so its
+            // standardiser counts all traffic.
+            let p_lin = self.linear.as_ref().and_then(|l| l.vote(&features));
+            let decision = self.decide(p_model, embedding, p_lin, &features);
+            knn_us += vote_started.elapsed().as_micros() as u64;
+            let (label, confidence) = argmax(&decision.probs);
+            let label = label as u32;
+            let request_id = first_id + i as u64;
+            let answer = Answer {
+                request_id,
+                label,
+                confidence,
+                path: decision.path,
+                model_version: out.model_version,
+            };
+            let pseudo_update = self.maybe_learn(&answer, &features, embedding);
+            let pseudo = pseudo_update.is_some();
+            let pending = PendingPrediction {
+                features,
+                embedding: embedding.to_vec(),
+                p_model: p_model.to_vec(),
+                p_knn: decision.p_knn,
+                p_lin: decision.p_lin,
+                p_forest: decision.p_forest,
+                predicted: label,
+                pseudo,
+                model_version: out.model_version,
+            };
+            // One message to the WAL writer: the prediction's record, kept so that a
+            // restart can still join its label, and its pseudo-label's update.
+            let update_enqueued = self.sink.remember(
+                log::encode_prediction(request_id, answered_ms, &pending),
+                pseudo_update,
+            );
+            self.pending.insert(request_id, pending, Instant::now());
+            predictions.push(Prediction {
+                request_id,
+                label,
+                label_name: labels.and_then(|l| l.get(label as usize).cloned()),
+                confidence,
+                probabilities: decision.probs,
+                path: decision.path,
+                neighbors_used: decision.neighbors_used,
+                update_enqueued,
+            });
+        }
+        Ok(InferReply {
+            model_version: out.model_version,
+            predictions,
+            timings: super::Timings {
+                model_us,
+                knn_us,
+                total_us: started.elapsed().as_micros() as u64,
+            },
+        })
+    }
+
+    /// Cold start, the temporal vote, or the fallback for one row; `p_lin`, the linear
+    /// voter's answer, counts only in the vote, and the forest is asked only there.
+    fn decide(
+        &self,
+        p_model: &[f32],
+        embedding: &[f32],
+        p_lin: Option<Vec<f32>>,
+        features: &[f32],
+    ) -> Decision {
+        let model_only = |path| Decision {
+            probs: p_model.to_vec(),
+            p_knn: None,
+            p_lin: None,
+            p_forest: None,
+            path,
+            neighbors_used: 0,
+        };
+        if self.in_cold_start() {
+            self.stats.cold_start.fetch_add(1, Ordering::Relaxed);
+            return model_only(InferPath::ColdStart);
+        }
+        let now = Instant::now();
+        if !self.breaker.allow(now) {
+            self.stats.fallback.fetch_add(1, Ordering::Relaxed);
+            return model_only(InferPath::Fallback);
+        }
+        let result = self.memory.search(embedding, self.config.k);
+        let elapsed = now.elapsed();
+        crate::metrics::record_knn_search(elapsed);
+        let found = match result {
+            Ok(found) if elapsed.as_micros() as u64 <= self.config.knn_timeout_us => found,
+            outcome => {
+                match outcome {
+                    // Chaos testing asked for it: counted, not shouted.
+                    Err(e @ crate::knn::KnnError::InjectedFault) => {
+                        tracing::debug!(error = %e, "k-NN search failed; answering with the model alone")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "k-NN search failed; answering with the model alone")
+                    }
+                    Ok(_) => tracing::warn!(
+                        ?elapsed,
+                        "k-NN search timed out; answering with the model alone"
+                    ),
+                }
+                self.breaker.failure(Instant::now());
+                self.stats.knn_failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.fallback.fetch_add(1, Ordering::Relaxed);
+                return model_only(InferPath::Fallback);
+            }
+        };
+        self.breaker.success();
+        self.stats.ensemble.fetch_add(1, Ordering::Relaxed);
+        let mut p_knn = vec![0.0; p_model.len()];
+        let total = knn_distribution(
+            &found.neighbors,
+            self.config.half_life,
+            self.config.neighbor_weight,
+            &mut p_knn,
+        );
+        if total <= 0.0 {
+            let mut d = model_only(InferPath::Ensemble);
+            d.neighbors_used = found.neighbors.len();
+            return d;
+        }
+        let p_forest = self.forest.as_ref().and_then(|f| f.vote(features));
+        let mut probs = vec![0.0; p_model.len()];
+        blend(
+            self.hedge.weights(),
+            [
+                Some(p_model),
+                Some(&p_knn),
+                p_lin.as_deref(),
+                p_forest.as_deref(),
+            ],
+            &mut probs,
+        );
+        Decision {
+            probs,
+            p_knn: Some(p_knn),
+            p_lin,
+            p_forest,
+            path: InferPath::Ensemble,
+            neighbors_used: found.neighbors.len(),
+        }
+    }
+
+    /// The confidence gate: a confident answer becomes a pseudo-label, returned as
+    /// the update (the sink logs it, then hands it to the memory as an experience).
+    fn maybe_learn(&self, answer: &Answer, features: &[f32], embedding: &[f32]) -> Option<Update> {
+        let &Answer {
+            request_id,
+            label,
+            confidence,
+            path,
+            model_version,
+        } = answer;
+        if !self.gate.admits(confidence) {
+            return None;
+        }
+        // Priorities are tiers (label 1.0 > bootstrap > pseudo), not scores: eviction
+        // takes the lowest priority, then the oldest, so within a tier the memory
+        // keeps the most recent experiences. A confidence-scaled priority would keep
+        // old confident pseudo-labels over fresh ones, which loses under drift.
+        let priority = if path == InferPath::ColdStart {
+            self.config.bootstrap_priority
+        } else {
+            self.config.pseudo_trust
+        };
+        self.stats.pseudo_labels.fetch_add(1, Ordering::Relaxed);
+        Some(Update {
+            kind: UpdateKind::Pseudo,
+            features: features.to_vec(),
+            label,
+            weight: self.config.pseudo_trust * confidence,
+            model_version,
+            origin: Some(request_id),
+            trust: self.config.pseudo_trust,
+            priority,
+            key: Some(embedding.to_vec()),
+        })
+    }
+}

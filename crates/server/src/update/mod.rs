@@ -1,0 +1,28 @@
+//! The update path on the server's side: from an accepted update to new weights
+//! serving.
+//!
+//! ```text
+//! request path ──offer──▶ [bounded queue] ──▶ wal-writer thread ──append+commit──▶ WAL
+//!                                                  │ then
+//!                                                  ▼
+//!                                   shared-memory ring ──▶ update-worker process
+//!                                                                 │ publishes
+//!                            swap task ◀── published_version ─────┘ model-v{N}
+//!                      (load, KL check, ArcSwap, truncate WAL, prune checkpoints)
+//! ```
+//!
+//! - [`codec`], [`checkpoints`], [`spec`]: the byte form of an update, the
+//!   checkpoint directory, a worker's spec; shared with the worker, from the core.
+//! - [`pipeline`]: the WAL writer thread, the `UpdateSink` the engine sees.
+//! - [`pending_log`]: predictions awaiting a label, kept across restarts.
+//! - [`swap`]: taking published versions into service, rollback, the sync barrier.
+
+pub mod pending_log;
+pub mod pipeline;
+pub mod swap;
+
+// The parts the worker shares live in the core.
+pub use adaptserve_core::update::{
+    Checkpoints, ServingRecord, Update, UpdateKind, WorkerConfig, WorkerSpec, applied_seq,
+    checkpoints, codec, parent_version, record, spec,
+};
