@@ -75,6 +75,8 @@ fn loaded(n: usize, capacity: usize) -> (Arc<Memory>, Vec<Vec<f32>>) {
     let cfg = MemoryConfig {
         dim: DIM,
         capacity,
+        // The figures are of a full memory, every row searchable.
+        max_age: 0,
         hnsw_crossover: 1,
         ..MemoryConfig::default()
     };
@@ -148,6 +150,7 @@ fn exact_scan(c: &mut Criterion) {
         let memory = Memory::new(MemoryConfig {
             dim: DIM,
             capacity: n,
+            max_age: 0,
             hnsw_crossover: usize::MAX,
             ..MemoryConfig::default()
         })

@@ -128,7 +128,12 @@ impl TestServer {
     pub async fn wait_memory_settled(&self) -> serde_json::Value {
         for _ in 0..400 {
             let status = self.status().await;
-            if status["memory"]["pending"] == 0 {
+            // Every accepted update is logged (the WAL writer feeds the memory before
+            // it counts an update as sent), and the memory has indexed what it was fed.
+            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            let accepted = n(&status["pseudo_labels"]) + n(&status["labels"]["received"]);
+            let logged = n(&status["updates"]["sent"]) + n(&status["updates"]["refused"]);
+            if status["memory"]["pending"] == 0 && logged >= accepted {
                 return status;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

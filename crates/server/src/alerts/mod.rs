@@ -10,6 +10,7 @@
 //!   endpoint slows nothing else. Every drop is counted.
 //! - `format`: the payload each receiving tool expects.
 
+pub mod config;
 mod format;
 mod webhook;
 

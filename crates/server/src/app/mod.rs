@@ -14,6 +14,7 @@
 //! names. Shutdown runs the other way: stop taking requests, flush and fsync the
 //! logs, stop the worker, snapshot the memory.
 
+pub mod config;
 pub mod restore;
 
 use std::future::Future;
@@ -41,19 +42,9 @@ use crate::wal::{FsyncPolicy, Wal, WalConfig};
 
 /// The memory settings for a model whose embeddings have `dim` dimensions.
 pub fn memory_config(config: &Config, dim: usize) -> MemoryConfig {
-    let section = &config.memory;
-    let defaults = MemoryConfig::default();
     MemoryConfig {
         dim,
-        capacity: section.capacity,
-        max_age: section.max_age,
-        hnsw_crossover: if section.hnsw_crossover == 0 {
-            defaults.hnsw_crossover
-        } else {
-            section.hnsw_crossover
-        },
-        insert_queue: section.insert_queue,
-        ..defaults
+        ..config.memory.clone()
     }
 }
 

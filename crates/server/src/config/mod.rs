@@ -1,406 +1,44 @@
-//! Configuration: the command line, the optional TOML file, and the typed sections
-//! that the rest of the server receives.
+//! The server's configuration: the sections of every subsystem, composed into one
+//! [`Config`] that a TOML file fills.
 //!
-//! Precedence runs defaults < file < environment < flags. clap already merges the
-//! environment under the flags, so every file-backed flag is an `Option` here and the
-//! file only fills what neither set. Each subsystem receives its own section
-//! (`ServerConfig`, `EngineConfig`, ...) rather than a long argument list, and
-//! [`Config::validate`] refuses a bad setting at startup with a message naming it.
+//! Each subsystem owns its section, with each setting's doc, default and check next
+//! to the code that reads it (`engine::config`, `knn::MemoryConfig`,
+//! `update::config`, `monitor::config`, `alerts::config`, `app::config`, and the
+//! worker's in the core). This module only composes them, reads the file, and checks
+//! what spans two sections. The command line that overlays the file lives with the
+//! binary. README.md's configuration block is tested against `Config::default()`,
+//! so the two cannot drift.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-mod monitor;
-mod update;
+use adaptserve_core::settings::InvalidSetting;
 
+pub use crate::alerts::config::{AlertConfig, WebhookConfig, WebhookFormat};
+pub use crate::app::config::{Secret, ServerConfig};
+pub use crate::engine::config::{
+    BatcherConfig, EngineConfig, FreshModel, HedgeLoss, NeighborWeight,
+};
+pub use crate::knn::{KeyChoice, MemoryConfig};
+pub use crate::monitor::config::MonitorConfig;
 pub use crate::update::WorkerConfig;
-pub use monitor::MonitorConfig;
-pub use update::{FsyncMode, SwapConfig, WalSection};
-
-use adaptserve_core::settings::{InvalidSetting, positive, unit_interval};
-
-/// Alert webhook payload formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    Generic,
-    Slack,
-    Discord,
-    Alertmanager,
-}
-
-/// A secret string (admin token, webhook URL): redacted from `Debug` and logs.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself; call only where it is used, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::update::config::{FsyncMode, SwapConfig, WalSection};
 
 /// The whole server configuration, one typed section per subsystem.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub engine: EngineConfig,
     pub batcher: BatcherConfig,
-    pub memory: MemorySection,
+    pub memory: MemoryConfig,
     pub alerts: AlertConfig,
     pub wal: WalSection,
     pub worker: WorkerConfig,
     pub swap: SwapConfig,
     pub monitor: MonitorConfig,
-}
-
-/// HTTP server settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Model directory served at startup.
-    pub model: PathBuf,
-    /// Bind address.
-    pub host: String,
-    /// Bind port; 0 picks a free one (tests).
-    pub port: u16,
-    /// Where the WAL, checkpoints and memory snapshots live.
-    pub state_dir: PathBuf,
-    /// Bearer token for the admin routes; `None` closes them (403).
-    pub admin_token: Option<Secret>,
-    /// Largest accepted request body. 1 MiB holds ~20k floats as JSON, far more
-    /// than `max_client_batch` rows of a tabular model, and bounds parse cost.
-    pub payload_limit_bytes: usize,
-    /// Most rows in one `/v1/infer` request, so one client cannot monopolise a batch.
-    pub max_client_batch: usize,
-    /// Requests handled at once before new ones get 429. Sized well above what two
-    /// cores can batch so that bursts queue briefly instead of failing.
-    pub max_concurrency: usize,
-    /// Per-client (by IP) requests per second on `/v1/infer` and `/v1/feedback`
-    /// before 429; 0 turns the limit off.
-    pub rate_limit_per_sec: f64,
-    /// Requests a quiet client may send at once.
-    pub rate_limit_burst: f64,
-    /// A request still running after this long gets 503 (`timeout`).
-    pub request_timeout_ms: u64,
-    /// How long graceful shutdown waits for in-flight requests.
-    pub shutdown_timeout_ms: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            model: PathBuf::from("models/default"),
-            host: "127.0.0.1".into(),
-            port: 8080,
-            state_dir: PathBuf::from("state"),
-            admin_token: None,
-            payload_limit_bytes: 1 << 20,
-            max_client_batch: 256,
-            max_concurrency: 1024,
-            rate_limit_per_sec: 0.0,
-            rate_limit_burst: 50.0,
-            request_timeout_ms: 10_000,
-            shutdown_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// What the request path does with a model's answer: cold start, vote, gate.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    /// Below this many experiences in memory the model answers alone (cold start).
-    pub cold_start_threshold: usize,
-    /// `max(p)` at or above which an answer becomes a pseudo-labelled experience.
-    pub confidence_threshold: f32,
-    /// Whether confident answers are learned from at all.
-    pub pseudo_labels: bool,
-    /// Vote weight (trust) of a pseudo-label, labelled feedback having 1.0; its
-    /// update is trained with weight `pseudo_trust × confidence`.
-    pub pseudo_trust: f32,
-    /// Priority of experiences stored during cold start (they bootstrap the memory).
-    pub bootstrap_priority: f32,
-    /// Starting weight λ of the model in the vote; Hedge adapts it from labelled feedback.
-    pub model_weight: f32,
-    /// Hedge learning rate η: how fast λ follows the voters' recent losses.
-    pub hedge_eta: f32,
-    /// Floor on either voter's share, so that a voter that lost for a while can win
-    /// back quickly after a drift (fixed-share Hedge).
-    pub hedge_floor: f32,
-    /// The voters' loss Hedge learns from: `zero_one` (was its top class right?) or
-    /// `absolute` (1 − p[label]).
-    pub hedge_loss: HedgeLoss,
-    /// A third voter: an online softmax regression on the standardised input,
-    /// trained on every label; Hedge gives it the share it earns. A linear boundary
-    /// is learned faster this way than by the mini-batched network. Its standardiser
-    /// and step size are its own (`crates/server/src/engine/linear.rs`).
-    pub linear_voter: bool,
-    /// A fourth voter: an online random forest of Hoeffding trees on the raw input,
-    /// trained on every label; it wins where classes follow axis-aligned rules
-    /// (`crates/server/src/engine/forest.rs`).
-    pub forest_voter: bool,
-    /// Neighbours consulted per vote.
-    pub k: usize,
-    /// How closeness turns into vote weight: `similarity` (the cosine, negatives
-    /// dropped) or `inverse_distance` (1 / Euclidean distance between the unit keys,
-    /// sharper: the nearest neighbours dominate, as in River's weighted kNN).
-    pub neighbor_weight: NeighborWeight,
-    /// Age, in experiences, at which a neighbour's vote weight halves.
-    pub half_life: f32,
-    /// A k-NN search slower than this counts as a failure and the model answers alone.
-    pub knn_timeout_us: u64,
-    /// Consecutive k-NN failures that open the circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker skips the k-NN before one trial search.
-    pub breaker_cooldown_ms: u64,
-    /// How long a prediction waits for its delayed label.
-    pub pending_ttl_secs: u64,
-    /// Most predictions awaiting a label; the oldest is dropped (and counted) beyond it.
-    pub pending_capacity: usize,
-    /// Page-Hinkley tolerance δ on the labelled error rate.
-    pub drift_delta: f64,
-    /// Page-Hinkley alarm threshold λ_PH.
-    pub drift_threshold: f64,
-    /// Labelled samples after a drift alarm during which pseudo-labels stay paused.
-    pub drift_pause_labels: u64,
-    /// On a drift alarm the memory keeps only its most recent `drift_keep`
-    /// experiences (mostly the new concept's: the detector fires tens of labels after
-    /// the change), so the vote stops answering for the old concept at once instead of
-    /// waiting for new experiences to outnumber old ones. 0 keeps everything.
-    pub drift_keep: u64,
-    /// What answers while the memory is below `cold_start_threshold` if the model is
-    /// fresh from `init-model` (untrained): `knn` (default) votes with the neighbours
-    /// from the first experience, since a random model is worse than any labelled
-    /// neighbour; `model` keeps the cold-start bypass, as for a pretrained model.
-    pub fresh_model: FreshModel,
-    /// Allows `POST /v1/admin/fault/knn` to make a share of k-NN searches fail, for
-    /// chaos testing. Off in production: the route then answers 409.
-    pub fault_injection: bool,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            cold_start_threshold: 100,
-            confidence_threshold: 0.7,
-            pseudo_labels: true,
-            pseudo_trust: 0.3,
-            bootstrap_priority: 0.9,
-            model_weight: 0.5,
-            hedge_eta: 0.2,
-            hedge_floor: 0.05,
-            hedge_loss: HedgeLoss::ZeroOne,
-            linear_voter: true,
-            forest_voter: true,
-            k: 5,
-            neighbor_weight: NeighborWeight::InverseDistance,
-            half_life: 500.0,
-            knn_timeout_us: 5_000,
-            breaker_failures: 5,
-            breaker_cooldown_ms: 1_000,
-            pending_ttl_secs: 600,
-            pending_capacity: 100_000,
-            drift_delta: 0.005,
-            drift_threshold: 30.0,
-            drift_pause_labels: 200,
-            drift_keep: 50,
-            fresh_model: FreshModel::Knn,
-            fault_injection: false,
-        }
-    }
-}
-
-/// See [`MemorySection::key`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyChoice {
-    Auto,
-    Embedding,
-    Input,
-}
-
-impl KeyChoice {
-    /// The key space for a server started with `--model` = `given`.
-    pub fn resolve(self, given: &crate::model::Mlp) -> crate::model::KeySpace {
-        use crate::model::KeySpace;
-        match self {
-            Self::Auto if given.is_fresh() => KeySpace::Input,
-            Self::Auto | Self::Embedding => KeySpace::Embedding,
-            Self::Input => KeySpace::Input,
-        }
-    }
-}
-
-/// See [`EngineConfig::neighbor_weight`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NeighborWeight {
-    Similarity,
-    InverseDistance,
-}
-
-/// See [`EngineConfig::hedge_loss`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HedgeLoss {
-    ZeroOne,
-    Absolute,
-}
-
-/// See [`EngineConfig::fresh_model`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FreshModel {
-    Knn,
-    Model,
-}
-
-/// The model thread's dynamic micro-batcher.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BatcherConfig {
-    /// Most rows in one forward pass.
-    pub max_batch_size: usize,
-    /// Longest a request waits for company. The batcher only waits for requests that
-    /// are already in flight, so a lone client never pays it.
-    pub max_queue_delay_us: u64,
-    /// Forward-pass time the adaptive batch size steers towards.
-    pub target_latency_us: u64,
-    /// Bound of the model thread's queue; a full queue answers 429.
-    pub queue_capacity: usize,
-    /// How long the idle model thread keeps polling before it parks. Waking a parked
-    /// thread costs more than a small forward pass; 0 parks at once.
-    pub idle_spin_us: u64,
-    /// A request of at most this many rows, arriving while the model thread is idle
-    /// and nobody else is in flight, runs on its own task instead (no thread
-    /// handoff). 0 sends everything through the model thread.
-    pub inline_max_rows: usize,
-}
-
-impl Default for BatcherConfig {
-    fn default() -> Self {
-        Self {
-            max_batch_size: 64,
-            max_queue_delay_us: 200,
-            target_latency_us: 1_000,
-            queue_capacity: 1_000,
-            idle_spin_us: 200,
-            inline_max_rows: 4,
-        }
-    }
-}
-
-/// The k-NN memory.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MemorySection {
-    /// Bound of the experience buffer.
-    pub capacity: usize,
-    /// Experiences older than this many insertions are left out of the vote; 0 = never.
-    /// A recent window beats a large memory on drifting streams (QUALITY.md): the
-    /// default keeps the last 2000.
-    pub max_age: u64,
-    /// Live size from which HNSW serves instead of the exact scan; 0 keeps the default.
-    pub hnsw_crossover: usize,
-    /// Bound of the insert queue between the request path and the indexer.
-    pub insert_queue: usize,
-    /// What the memory compares: the model's `embedding`, the standardised `input`
-    /// (see [`crate::model::KeySpace`]), or `auto` (default): `input` when `--model`
-    /// is fresh from `init-model`, whose hidden layer means nothing yet and moves
-    /// with every update, and `embedding` for a pretrained model.
-    pub key: KeyChoice,
-    /// A snapshot of the memory is written this often (and at shutdown): a restart
-    /// rebuilds the memory from the newest snapshot plus the WAL after it, so this
-    /// bounds the replay, and the WAL is kept back to the snapshot's position.
-    pub snapshot_interval_secs: u64,
-}
-
-impl Default for MemorySection {
-    fn default() -> Self {
-        Self {
-            capacity: 50_000,
-            max_age: 1_000,
-            hnsw_crossover: 0,
-            insert_queue: 8_192,
-            key: KeyChoice::Auto,
-            snapshot_interval_secs: 30,
-        }
-    }
-}
-
-/// Alert channels and their delivery policy (see `crate::alerts`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertConfig {
-    /// JSONL audit trail: one line per alert and per resolution.
-    pub file: Option<PathBuf>,
-    /// Webhook endpoints.
-    pub webhooks: Vec<WebhookConfig>,
-    /// An alert that fired stays quiet this long before it may fire again (its
-    /// resolution is always sent).
-    pub cooldown_secs: u64,
-    /// Bound of the queue in front of each channel; a full queue drops (counted).
-    pub queue: usize,
-    /// Attempts per webhook delivery, the first included.
-    pub max_attempts: u32,
-    /// Full-jitter backoff between attempts: a random wait in
-    /// `[0, min(retry_max_ms, retry_base_ms · 2^attempt)]`, or what `Retry-After` asks.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    /// Consecutive failed deliveries that open an endpoint's circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker drops deliveries before trying one again.
-    pub breaker_cooldown_secs: u64,
-    /// Per-request timeout of a webhook call.
-    pub timeout_ms: u64,
-}
-
-impl Default for AlertConfig {
-    fn default() -> Self {
-        Self {
-            file: None,
-            webhooks: Vec::new(),
-            cooldown_secs: 300,
-            queue: 256,
-            max_attempts: 5,
-            retry_base_ms: 250,
-            retry_max_ms: 30_000,
-            breaker_failures: 5,
-            breaker_cooldown_secs: 60,
-            timeout_ms: 5_000,
-        }
-    }
-}
-
-/// One webhook endpoint.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// The URL (a secret: it often embeds a token).
-    pub url: Secret,
-    /// The payload format.
-    #[serde(default = "default_format")]
-    pub format: WebhookFormat,
-}
-
-fn default_format() -> WebhookFormat {
-    WebhookFormat::Generic
 }
 
 /// A setting that is out of range, or a config file that cannot be read.
@@ -423,6 +61,21 @@ pub enum ConfigError {
 /// `setting` is refused for `reason`.
 fn invalid(setting: &'static str, reason: String) -> ConfigError {
     adaptserve_core::settings::invalid(setting, reason).into()
+}
+
+impl From<crate::knn::KnnError> for ConfigError {
+    fn from(e: crate::knn::KnnError) -> Self {
+        match e {
+            crate::knn::KnnError::InvalidConfig { field, reason } => Self::Invalid {
+                setting: field,
+                reason,
+            },
+            other => Self::Invalid {
+                setting: "memory",
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 impl From<InvalidSetting> for ConfigError {
@@ -464,70 +117,16 @@ impl Config {
     /// Refuses out-of-range settings, naming each.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
-        let s = &self.server;
-        positive("server.payload_limit_bytes", s.payload_limit_bytes)?;
-        positive("server.max_client_batch", s.max_client_batch)?;
-        positive("server.max_concurrency", s.max_concurrency)?;
-        positive("server.request_timeout_ms", s.request_timeout_ms as usize)?;
-        if !(s.rate_limit_per_sec.is_finite() && s.rate_limit_per_sec >= 0.0) {
-            return Err(invalid(
-                "server.rate_limit_per_sec",
-                format!("must be >= 0 (0 = off), got {}", s.rate_limit_per_sec),
-            ));
-        }
-        if s.rate_limit_per_sec > 0.0 && (s.rate_limit_burst.is_nan() || s.rate_limit_burst < 1.0) {
-            return Err(invalid(
-                "server.rate_limit_burst",
-                format!(
-                    "must be >= 1 when the rate limit is on, got {}",
-                    s.rate_limit_burst
-                ),
-            ));
-        }
-        if s.admin_token
-            .as_ref()
-            .is_some_and(|t| t.expose().is_empty())
-        {
-            return Err(invalid("admin_token", "must not be empty".into()));
-        }
-        let e = &self.engine;
-        unit_interval("engine.confidence_threshold", e.confidence_threshold)?;
-        unit_interval("engine.pseudo_trust", e.pseudo_trust)?;
-        unit_interval("engine.bootstrap_priority", e.bootstrap_priority)?;
-        unit_interval("engine.model_weight", e.model_weight)?;
-        if !(e.hedge_floor >= 0.0 && e.hedge_floor < 0.5) {
-            return Err(invalid(
-                "engine.hedge_floor",
-                format!("must be in [0, 0.5), got {}", e.hedge_floor),
-            ));
-        }
-        if !(e.hedge_eta.is_finite() && e.hedge_eta >= 0.0) {
-            return Err(invalid(
-                "engine.hedge_eta",
-                format!("must be >= 0, got {}", e.hedge_eta),
-            ));
-        }
-        positive("engine.k", e.k)?;
-        if !(e.half_life.is_finite() && e.half_life > 0.0) {
-            return Err(invalid(
-                "engine.half_life",
-                format!("must be > 0, got {}", e.half_life),
-            ));
-        }
-        positive("engine.breaker_failures", e.breaker_failures as usize)?;
-        positive("engine.pending_capacity", e.pending_capacity)?;
-        positive("engine.pending_ttl_secs", e.pending_ttl_secs as usize)?;
-        let b = &self.batcher;
-        positive("batcher.max_batch_size", b.max_batch_size)?;
-        positive("batcher.queue_capacity", b.queue_capacity)?;
-        positive("batcher.target_latency_us", b.target_latency_us as usize)?;
-        let m = &self.memory;
-        positive("memory.capacity", m.capacity)?;
-        positive("memory.insert_queue", m.insert_queue)?;
-        positive(
-            "memory.snapshot_interval_secs",
-            m.snapshot_interval_secs as usize,
-        )?;
+        self.server.validate()?;
+        self.engine.validate()?;
+        self.batcher.validate()?;
+        self.memory.validate()?;
+        self.wal.validate()?;
+        self.worker.validate()?;
+        self.swap.validate()?;
+        self.monitor.validate()?;
+        self.alerts.validate()?;
+        let (e, m) = (&self.engine, &self.memory);
         if e.cold_start_threshold > m.capacity {
             return Err(invalid(
                 "engine.cold_start_threshold",
@@ -537,23 +136,62 @@ impl Config {
                 ),
             ));
         }
-        update::validate(&self.wal, &self.worker, &self.swap)?;
-        monitor::validate(&self.monitor)?;
-        let a = &self.alerts;
-        for w in &a.webhooks {
-            let url = w.url.expose();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    "alerts.webhooks.url",
-                    "must start with http:// or https:// (the value is not shown: it is a secret)"
-                        .into(),
-                ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration block of README.md, the one holding `[server]`.
+    fn readme_block() -> String {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("\n```").next())
+            .find(|block| block.contains("[server]"))
+            .expect("README.md has a ```toml block with [server]")
+            .to_owned()
+    }
+
+    #[test]
+    fn the_readme_block_names_every_setting_at_its_default() {
+        let block = readme_block();
+        // Every key the README names exists (unknown keys are refused) ...
+        let parsed: Config = toml::from_str(&block).expect("README's block parses as a Config");
+        let parsed = toml::Value::try_from(&parsed).unwrap();
+        let default = toml::Value::try_from(Config::default()).unwrap();
+        let named: toml::Table = toml::from_str(&block).unwrap();
+        for (section, table) in default.as_table().unwrap() {
+            for (key, value) in table.as_table().unwrap() {
+                // ... holds the default ...
+                assert_eq!(
+                    parsed[section.as_str()].get(key),
+                    Some(value),
+                    "README.md's {section}.{key} is not the default"
+                );
+                // ... and every setting is named. Settings without a value by default
+                // (`binary`, `file`, `admin_token`, the webhook list) appear there as
+                // comments.
+                if value.as_array().is_some_and(|a| a.is_empty()) {
+                    continue;
+                }
+                assert!(
+                    named.get(section).and_then(|t| t.get(key)).is_some(),
+                    "README.md's configuration block does not name {section}.{key}"
+                );
             }
         }
-        positive("alerts.queue", a.queue)?;
-        positive("alerts.max_attempts", a.max_attempts as usize)?;
-        positive("alerts.breaker_failures", a.breaker_failures as usize)?;
-        positive("alerts.timeout_ms", a.timeout_ms as usize)?;
-        Ok(())
+    }
+
+    #[test]
+    fn secrets_are_not_written_out() {
+        let mut config = Config::default();
+        config.server.admin_token = Some(Secret::new("hunter2"));
+        let text = toml::to_string(&config).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 }

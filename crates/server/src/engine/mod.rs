@@ -12,6 +12,7 @@
 
 mod batcher;
 mod breaker;
+pub mod config;
 mod error;
 mod feedback;
 mod forest;

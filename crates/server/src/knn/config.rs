@@ -1,14 +1,22 @@
-//! The memory's settings. Every bound has a reason, written on its field; the numbers
-//! behind the HNSW defaults are measured by `benches/knn.rs` (dim 32, k 10).
+//! The memory's settings, which are also the `[memory]` section of the server's
+//! config file: one type, so a setting has one default and one check. Every bound
+//! has a reason, written on its field; the numbers behind the HNSW defaults are
+//! measured by `benches/knn.rs` (dim 32, k 10).
+
+use serde::{Deserialize, Serialize};
 
 use super::KnnError;
+use crate::model::{KeySpace, Mlp};
 
 /// Settings of a [`Memory`](super::Memory), validated by
-/// [`Memory::new`](super::Memory::new).
-#[derive(Debug, Clone, PartialEq)]
+/// [`Memory::new`](super::Memory::new) and, as `[memory]`, at startup.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// Length of every embedding: the model's last hidden layer. Checked on every
-    /// submit and search, so hnsw_rs never sees a vector of another length.
+    /// Length of every embedding: the model's last hidden layer, so not a setting:
+    /// the server fills it from the model it loads. Checked on every submit and
+    /// search, so hnsw_rs never sees a vector of another length.
+    #[serde(skip)]
     pub dim: usize,
     /// Bound of the experience buffer. It bounds RAM (the matrix, and a copy per row in
     /// the graph) and the exact scan's cost; on drifting streams a few thousand recent
@@ -16,7 +24,8 @@ pub struct MemoryConfig {
     pub capacity: usize,
     /// Experiences older than this many insertions are left out of search results and
     /// evicted, because stale neighbours vote for a concept that may have drifted away.
-    /// 0 = no limit.
+    /// 0 = no limit. A recent window beats a large memory on drifting streams
+    /// (QUALITY.md): the default keeps the last 1000.
     pub max_age: u64,
     /// Live size at and above which HNSW serves; below it the exact scan does, because
     /// it is faster there (measured crossover, see the default) and exact.
@@ -41,6 +50,35 @@ pub struct MemoryConfig {
     /// queue drops the experience (counted) instead of blocking a request; the bound
     /// caps the memory the queue can hold when the indexer falls behind.
     pub insert_queue: usize,
+    /// What the memory compares: the model's `embedding`, the standardised `input`
+    /// (see [`KeySpace`]), or `auto` (default): `input` when `--model` is fresh from
+    /// `init-model`, whose hidden layer means nothing yet and moves with every
+    /// update, and `embedding` for a pretrained model.
+    pub key: KeyChoice,
+    /// A snapshot of the memory is written this often (and at shutdown): a restart
+    /// rebuilds the memory from the newest snapshot plus the WAL after it, so this
+    /// bounds the replay, and the WAL is kept back to the snapshot's position.
+    pub snapshot_interval_secs: u64,
+}
+
+/// See [`MemoryConfig::key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyChoice {
+    Auto,
+    Embedding,
+    Input,
+}
+
+impl KeyChoice {
+    /// The key space for a server started with `--model` = `given`.
+    pub fn resolve(self, given: &Mlp) -> KeySpace {
+        match self {
+            Self::Auto if given.is_fresh() => KeySpace::Input,
+            Self::Auto | Self::Embedding => KeySpace::Embedding,
+            Self::Input => KeySpace::Input,
+        }
+    }
 }
 
 impl Default for MemoryConfig {
@@ -48,7 +86,7 @@ impl Default for MemoryConfig {
         Self {
             dim: 32,
             capacity: 50_000,
-            max_age: 0,
+            max_age: 1_000,
             // Measured by benches/knn.rs (dim 32, k 10, clustered data, 2 shared
             // cores), medians: the scan costs about 5 µs per 1000 rows (53 µs at 10k,
             // 240 µs at 50k, 494 µs at 100k). hnsw_rs spends about 300 ns of
@@ -63,9 +101,10 @@ impl Default for MemoryConfig {
             hnsw_ef_construction: 100,
             hnsw_ef_search: 48,
             rebuild_tombstone_ratio: 0.2,
-            // Matches `memory.insert_queue` in the server config: about a second of
-            // pseudo-labels at full load.
+            // About a second of pseudo-labels at full load.
             insert_queue: 8_192,
+            key: KeyChoice::Auto,
+            snapshot_interval_secs: 30,
         }
     }
 }
@@ -80,15 +119,15 @@ impl MemoryConfig {
         let bad =
             |field: &'static str, reason: String| Err(KnnError::InvalidConfig { field, reason });
         if self.dim == 0 {
-            return bad("dim", "must be at least 1".into());
+            return bad("memory.dim", "must be at least 1".into());
         }
         if self.capacity == 0 {
-            return bad("capacity", "must be at least 1".into());
+            return bad("memory.capacity", "must be at least 1".into());
         }
         // Slots are u32 in the store's indexes.
         if u32::try_from(self.capacity).is_err() {
             return bad(
-                "capacity",
+                "memory.capacity",
                 format!("{} exceeds {}", self.capacity, u32::MAX),
             );
         }
@@ -96,37 +135,43 @@ impl MemoryConfig {
             Some(cells) if cells <= MAX_CELLS => {}
             _ => {
                 return bad(
-                    "capacity",
+                    "memory.capacity",
                     format!("capacity × dim exceeds {MAX_CELLS} floats"),
                 );
             }
         }
         if self.hnsw_crossover == 0 {
             return bad(
-                "hnsw_crossover",
+                "memory.hnsw_crossover",
                 "must be at least 1 (usize::MAX disables HNSW)".into(),
             );
         }
         if !(2..=255).contains(&self.hnsw_m) {
-            return bad("hnsw_m", format!("{} is outside 2..=255", self.hnsw_m));
+            return bad(
+                "memory.hnsw_m",
+                format!("{} is outside 2..=255", self.hnsw_m),
+            );
         }
         if self.hnsw_ef_construction == 0 || self.hnsw_ef_search == 0 {
             let field = if self.hnsw_ef_search == 0 {
-                "hnsw_ef_search"
+                "memory.hnsw_ef_search"
             } else {
-                "hnsw_ef_construction"
+                "memory.hnsw_ef_construction"
             };
             return bad(field, "must be at least 1".into());
         }
         let ratio = self.rebuild_tombstone_ratio;
         if !(ratio > 0.0 && ratio < 1.0) {
             return bad(
-                "rebuild_tombstone_ratio",
+                "memory.rebuild_tombstone_ratio",
                 format!("{ratio} is outside (0, 1)"),
             );
         }
         if self.insert_queue == 0 {
-            return bad("insert_queue", "must be at least 1".into());
+            return bad("memory.insert_queue", "must be at least 1".into());
+        }
+        if self.snapshot_interval_secs == 0 {
+            return bad("memory.snapshot_interval_secs", "must be at least 1".into());
         }
         Ok(())
     }
@@ -145,56 +190,56 @@ mod tests {
     fn each_bad_field_is_named() {
         let cases: Vec<(&str, MemoryConfig)> = vec![
             (
-                "dim",
+                "memory.dim",
                 MemoryConfig {
                     dim: 0,
                     ..Default::default()
                 },
             ),
             (
-                "capacity",
+                "memory.capacity",
                 MemoryConfig {
                     capacity: 0,
                     ..Default::default()
                 },
             ),
             (
-                "capacity",
+                "memory.capacity",
                 MemoryConfig {
                     capacity: usize::MAX / 2,
                     ..Default::default()
                 },
             ),
             (
-                "hnsw_crossover",
+                "memory.hnsw_crossover",
                 MemoryConfig {
                     hnsw_crossover: 0,
                     ..Default::default()
                 },
             ),
             (
-                "hnsw_m",
+                "memory.hnsw_m",
                 MemoryConfig {
                     hnsw_m: 300,
                     ..Default::default()
                 },
             ),
             (
-                "hnsw_ef_search",
+                "memory.hnsw_ef_search",
                 MemoryConfig {
                     hnsw_ef_search: 0,
                     ..Default::default()
                 },
             ),
             (
-                "rebuild_tombstone_ratio",
+                "memory.rebuild_tombstone_ratio",
                 MemoryConfig {
                     rebuild_tombstone_ratio: f32::NAN,
                     ..Default::default()
                 },
             ),
             (
-                "insert_queue",
+                "memory.insert_queue",
                 MemoryConfig {
                     insert_queue: 0,
                     ..Default::default()

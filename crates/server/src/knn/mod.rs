@@ -47,7 +47,7 @@ mod tests;
 
 use std::fmt;
 
-pub use config::MemoryConfig;
+pub use config::{KeyChoice, MemoryConfig};
 pub use exact::ExactIndex;
 pub use fault::KnnFault;
 pub use hnsw::HnswIndex;

@@ -419,6 +419,8 @@ fn check_recall(n: usize) {
     let m = memory(MemoryConfig {
         dim,
         capacity: n,
+        // Every point stays searchable: recall, not the window, is measured here.
+        max_age: 0,
         hnsw_crossover: 1,
         ..Default::default()
     });

@@ -14,6 +14,7 @@
 //! start, so an alert resolves once the condition has passed. The last result is kept
 //! for `/health`.
 
+pub mod config;
 pub mod latency;
 
 use std::collections::BTreeMap;

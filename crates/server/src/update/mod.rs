@@ -17,6 +17,7 @@
 //! - [`pending_log`]: predictions awaiting a label, kept across restarts.
 //! - [`swap`]: taking published versions into service, rollback, the sync barrier.
 
+pub mod config;
 pub mod pending_log;
 pub mod pipeline;
 pub mod swap;

@@ -1,13 +1,12 @@
 //! Settings of the health monitor: how often it looks, and where each health metric
 //! turns into an alert.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid};
-use adaptserve_core::settings::positive;
+use adaptserve_core::settings::{InvalidSetting, invalid, positive};
 
 /// The health monitor's interval and thresholds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitorConfig {
     /// How often the health metrics are computed and checked.
@@ -41,32 +40,36 @@ impl Default for MonitorConfig {
     }
 }
 
-pub(super) fn validate(m: &MonitorConfig) -> Result<(), ConfigError> {
-    positive(
-        "monitor.monitoring_interval_ms",
-        m.monitoring_interval_ms as usize,
-    )?;
-    for (setting, value) in [
-        (
-            "monitor.knn_failure_rate_threshold",
-            m.knn_failure_rate_threshold,
-        ),
-        ("monitor.memory_usage_threshold", m.memory_usage_threshold),
-    ] {
-        if !(value > 0.0 && value <= 1.0) {
-            return Err(invalid(setting, format!("must be in (0, 1], got {value}")));
+impl MonitorConfig {
+    /// Refuses out-of-range settings, naming each as `monitor.<key>`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let m = self;
+        positive(
+            "monitor.monitoring_interval_ms",
+            m.monitoring_interval_ms as usize,
+        )?;
+        for (setting, value) in [
+            (
+                "monitor.knn_failure_rate_threshold",
+                m.knn_failure_rate_threshold,
+            ),
+            ("monitor.memory_usage_threshold", m.memory_usage_threshold),
+        ] {
+            if !(value > 0.0 && value <= 1.0) {
+                return Err(invalid(setting, format!("must be in (0, 1], got {value}")));
+            }
         }
-    }
-    for (setting, value) in [
-        ("monitor.kl_alert_threshold", m.kl_alert_threshold),
-        (
-            "monitor.latency_p99_threshold_ms",
-            m.latency_p99_threshold_ms,
-        ),
-    ] {
-        if !(value.is_finite() && value > 0.0) {
-            return Err(invalid(setting, format!("must be > 0, got {value}")));
+        for (setting, value) in [
+            ("monitor.kl_alert_threshold", m.kl_alert_threshold),
+            (
+                "monitor.latency_p99_threshold_ms",
+                m.latency_p99_threshold_ms,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(setting, format!("must be > 0, got {value}")));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -1,15 +1,9 @@
-//! Settings of the update path: the WAL, the update-worker and the hot swap.
-//!
-//! They live apart from the request-path sections because a different process reads
-//! half of them: [`WorkerConfig`] travels to the update-worker inside its spec, so it
-//! is `Serialize` as well as `Deserialize`, and the worker never re-parses the
-//! server's flags.
+//! The `[wal]` and `[swap]` sections: the server's side of the update path. The
+//! worker's own `[worker]` section lives in the core, since the worker reads it too.
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid};
-use adaptserve_core::settings::positive;
-use adaptserve_core::update::WorkerConfig;
+use adaptserve_core::settings::{InvalidSetting, invalid, positive};
 
 /// When the WAL calls fsync. A feedback is acknowledged (202) once its record is
 /// written to the file, before any fsync: a killed *process* loses nothing, since the
@@ -26,7 +20,7 @@ pub enum FsyncMode {
 }
 
 /// The write-ahead log of updates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WalSection {
     /// See [`FsyncMode`].
@@ -65,7 +59,7 @@ impl Default for WalSection {
 }
 
 /// Taking a published checkpoint into service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwapConfig {
     /// How often the server looks for a newly published version (one atomic load).
@@ -100,36 +94,42 @@ impl Default for SwapConfig {
     }
 }
 
-/// Range checks of the update-path sections.
-pub(super) fn validate(
-    wal: &WalSection,
-    worker: &WorkerConfig,
-    swap: &SwapConfig,
-) -> Result<(), ConfigError> {
-    positive("wal.segment_bytes", wal.segment_bytes as usize)?;
-    positive("wal.queue", wal.queue)?;
-    positive("wal.group_max", wal.group_max)?;
-    if wal.pending_commit_ms > 60_000 {
-        return Err(invalid(
-            "wal.pending_commit_ms",
-            format!(
-                "must be at most 60000 (a crash loses this window's predictions), got {}",
-                wal.pending_commit_ms
-            ),
-        ));
+impl WalSection {
+    /// Refuses out-of-range settings, naming each as `wal.<key>`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let wal = self;
+        positive("wal.segment_bytes", wal.segment_bytes as usize)?;
+        positive("wal.queue", wal.queue)?;
+        positive("wal.group_max", wal.group_max)?;
+        if wal.pending_commit_ms > 60_000 {
+            return Err(invalid(
+                "wal.pending_commit_ms",
+                format!(
+                    "must be at most 60000 (a crash loses this window's predictions), got {}",
+                    wal.pending_commit_ms
+                ),
+            ));
+        }
+        if wal.fsync == FsyncMode::Interval {
+            positive("wal.fsync_interval_ms", wal.fsync_interval_ms as usize)?;
+        }
+        Ok(())
     }
-    if wal.fsync == FsyncMode::Interval {
-        positive("wal.fsync_interval_ms", wal.fsync_interval_ms as usize)?;
+}
+
+impl SwapConfig {
+    /// Refuses out-of-range settings, naming each as `swap.<key>`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let swap = self;
+        positive("swap.poll_ms", swap.poll_ms as usize)?;
+        positive("swap.probe_size", swap.probe_size)?;
+        positive("swap.sync_timeout_ms", swap.sync_timeout_ms as usize)?;
+        if !(swap.kl_reject_threshold.is_finite() && swap.kl_reject_threshold > 0.0) {
+            return Err(invalid(
+                "swap.kl_reject_threshold",
+                format!("must be > 0, got {}", swap.kl_reject_threshold),
+            ));
+        }
+        Ok(())
     }
-    worker.validate()?;
-    positive("swap.poll_ms", swap.poll_ms as usize)?;
-    positive("swap.probe_size", swap.probe_size)?;
-    positive("swap.sync_timeout_ms", swap.sync_timeout_ms as usize)?;
-    if !(swap.kl_reject_threshold.is_finite() && swap.kl_reject_threshold > 0.0) {
-        return Err(invalid(
-            "swap.kl_reject_threshold",
-            format!("must be > 0, got {}", swap.kl_reject_threshold),
-        ));
-    }
-    Ok(())
 }
