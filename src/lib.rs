@@ -17,6 +17,8 @@
 //! - [`metrics`] — Prometheus names, buckets, the recorder, scrape-time refresh.
 //! - [`model`] — MLP load/forward/save in F16/BF16/F32, init, quantize, training.
 //! - [`plot`] — line charts as inline SVG for the HTML reports.
+//! - [`resilience`] — the one full-jitter backoff and the one circuit breaker, free of
+//!   server types and clocks.
 //! - [`monitor`] — health metrics every interval, thresholds, alerts; the p99 histogram.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`simulate`] — the synthetic drifting task shared by the default model and tests.
@@ -39,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod plot;
+pub mod resilience;
 pub mod shutdown;
 pub mod simulate;
 pub mod supervisor;

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AlertConfig;
 pub use format::payload;
-pub use webhook::{EndpointStats, full_jitter, retry_after};
+pub use webhook::{EndpointStats, retry_after};
 
 /// How bad it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
