@@ -8,7 +8,9 @@ use adaptserve_server::engine::{BreakerState, FeedbackTarget, InferPath, LabelRe
 
 use crate::common::{sample, test_config};
 
-#[tokio::test]
+/// On tokio's paused clock (the breaker reads it), so the cooldown is stepped
+/// through rather than slept, and a slow machine cannot end it early.
+#[tokio::test(start_paused = true)]
 async fn knn_failures_fall_back_open_the_breaker_and_recover() {
     let state = tempfile::tempdir().unwrap();
     let mut config = test_config(state.path());
@@ -42,7 +44,12 @@ async fn knn_failures_fall_back_open_the_breaker_and_recover() {
     assert_eq!(engine.status().breaker, BreakerState::Open);
 
     engine.memory().set_fault_rate(0.0);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Within the 200 ms cooldown the search is still skipped, healthy or not.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let reply = engine.infer_and_adapt(vec![x.clone()]).await.unwrap();
+    assert_eq!(reply.predictions[0].path, InferPath::Fallback, "still open");
+    assert_eq!(engine.status().breaker, BreakerState::Open);
+    tokio::time::advance(Duration::from_millis(100)).await;
     let reply = engine.infer_and_adapt(vec![x]).await.unwrap();
     assert_eq!(
         reply.predictions[0].path,

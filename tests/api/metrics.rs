@@ -68,3 +68,49 @@ async fn metrics_cover_the_request_and_update_paths_with_bounded_labels() {
     );
     server.stop().await.unwrap();
 }
+
+/// Route labels come from the router's matched path, so every route has its own,
+/// including one added after the metrics were written (`/v1/admin/fault/knn` was
+/// once counted as "other").
+#[tokio::test]
+async fn every_route_is_labelled_by_its_own_template() {
+    let server = TestServer::start_with(|c| c.worker.enabled = false).await;
+    let (status, body) = server
+        .admin("/v1/admin/fault/knn", json!({"failure_rate": 0.0}))
+        .await;
+    assert_eq!(status, 409, "fault injection is off: {body}");
+    // A wrong method on a known route is still that route (405, or 401 if the
+    // token check answers first).
+    let wrong_method = client()
+        .get(server.url("/v1/admin/fault/knn"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!(matches!(wrong_method, 401 | 405), "{wrong_method}");
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"adaptserve_http_requests_total{route="/v1/admin/fault/knn",method="POST",status="409"}"#
+            .to_string(),
+        format!(
+            r#"adaptserve_http_requests_total{{route="/v1/admin/fault/knn",method="GET",status="{wrong_method}"}}"#
+        ),
+        r#"adaptserve_http_request_duration_seconds_count{route="/v1/admin/fault/knn"}"#
+            .to_string(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle} in\n{text}");
+    }
+    assert!(
+        !text.contains(r#"route="other""#),
+        "a route fell back to a catch-all label:\n{text}"
+    );
+    server.stop().await.unwrap();
+}

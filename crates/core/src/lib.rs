@@ -11,6 +11,7 @@
 //!   the worker's spec and settings.
 //! - [`wal`] — the write-ahead log of updates: segments, group commit, repair, replay.
 //! - [`ipc`] — the shared-memory ring to the update-worker (the only `unsafe`).
+//! - [`resilience`] — the one full-jitter backoff and the one circuit breaker.
 //! - [`settings`] — the error and range checks every config section shares.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`telemetry`] — logging.
@@ -18,6 +19,7 @@
 #[allow(unsafe_code)]
 pub mod ipc;
 pub mod model;
+pub mod resilience;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -33,4 +33,4 @@ pub mod supervisor;
 pub mod update;
 
 // The core's modules under the names the server's code has always used.
-pub use adaptserve_core::{VERSION, ipc, model, shutdown, telemetry, wal};
+pub use adaptserve_core::{VERSION, ipc, model, resilience, shutdown, telemetry, wal};

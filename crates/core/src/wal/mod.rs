@@ -300,6 +300,13 @@ impl Wal {
     /// buffered records are dropped, their sequence numbers are reused, and the file
     /// is cut back to its last committed length.
     pub fn commit(&mut self) -> Result<(), WalError> {
+        self.commit_at(Instant::now())
+    }
+
+    /// [`commit`](Self::commit) at `now`: an interval policy's fsync is due once
+    /// `now` is the interval past the last fsync. The time is an argument so tests
+    /// step it instead of sleeping through the interval.
+    pub fn commit_at(&mut self, now: Instant) -> Result<(), WalError> {
         if !self.buf.is_empty() {
             if let Err(e) = self.active.write_all(&self.buf) {
                 let _ = self.active.set_len(self.active_len);
@@ -317,7 +324,9 @@ impl Wal {
         let due = match self.config.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Never => false,
-            FsyncPolicy::IntervalMs(ms) => self.last_fsync.elapsed() >= Duration::from_millis(ms),
+            FsyncPolicy::IntervalMs(ms) => {
+                now.saturating_duration_since(self.last_fsync) >= Duration::from_millis(ms)
+            }
         };
         if self.dirty && due {
             self.fsync()?;

@@ -339,9 +339,10 @@ fn each_fsync_policy_bounds_what_a_machine_crash_can_take() {
     commit_one(&mut interval);
     commit_one(&mut interval);
     assert_eq!(interval.synced_seq(), 0, "interval: not yet due");
-    std::thread::sleep(std::time::Duration::from_millis(2_100));
-    // The writer's idle tick commits nothing new and still owes the fsync.
-    interval.commit().unwrap();
+    // 2.1 s later, the writer's idle tick commits nothing new and still owes the fsync.
+    interval
+        .commit_at(Instant::now() + Duration::from_millis(2_100))
+        .unwrap();
     assert_eq!(
         interval.synced_seq(),
         2,
@@ -355,8 +356,9 @@ fn each_fsync_policy_bounds_what_a_machine_crash_can_take() {
     })
     .unwrap();
     commit_one(&mut never);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    never.commit().unwrap();
+    never
+        .commit_at(Instant::now() + Duration::from_millis(50))
+        .unwrap();
     assert_eq!(never.synced_seq(), 0, "never: left to the OS");
     never.sync().unwrap();
     assert_eq!(

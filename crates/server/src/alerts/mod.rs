@@ -18,15 +18,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
+// The cooldown's clock: std's unless a test pauses tokio's, so the cooldown tests
+// step time instead of sleeping through it.
+use tokio::time::Instant;
 
 use crate::config::AlertConfig;
 pub use format::payload;
-pub use webhook::{EndpointStats, full_jitter, retry_after};
+pub use webhook::{EndpointStats, retry_after};
 
 /// How bad it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -289,7 +292,25 @@ fn log(alert: &Alert) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    /// The audit file's lines once there are `n` (polling on the paused clock).
+    async fn audit_lines(file: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            lines = std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines.len() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(lines.len(), n, "{lines:?}");
+        lines
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn cooldown_holds_back_repeats_and_resolution_is_sent_once() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("alerts.jsonl");
@@ -321,26 +342,52 @@ mod tests {
             (2, 1, 1)
         );
         // The audit trail: firing, resolved, firing.
-        let mut lines = Vec::new();
-        for _ in 0..200 {
-            lines = std::fs::read_to_string(&file)
-                .unwrap_or_default()
-                .lines()
-                .map(String::from)
-                .collect();
-            if lines.len() == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(lines.len(), 3, "{lines:?}");
-        let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-        let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        let lines = audit_lines(&file, 3).await;
+        let (first, second) = (&lines[0], &lines[1]);
         assert_eq!(
             (first["status"].as_str(), first["summary"].as_str()),
             (Some("firing"), Some("down"))
         );
         assert_eq!(second["status"], "resolved");
         assert_eq!(second["started_ms"], first["started_ms"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeat_fires_again_once_the_cooldown_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alerts.jsonl");
+        let config = AlertConfig {
+            file: Some(file.clone()),
+            cooldown_secs: 60,
+            ..AlertConfig::default()
+        };
+        let alerts = Alerts::start(&config);
+        let counts = |a: &Alerts| {
+            let s = a.stats();
+            (
+                s.raised.load(Ordering::Relaxed),
+                s.suppressed.load(Ordering::Relaxed),
+            )
+        };
+        alerts.raise("worker_down", Severity::Critical, "down", BTreeMap::new());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        alerts.raise("worker_down", Severity::Critical, "59 s", BTreeMap::new());
+        assert_eq!(counts(&alerts), (1, 1), "59 s is within the cooldown");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        alerts.raise("worker_down", Severity::Critical, "60 s", BTreeMap::new());
+        assert_eq!(counts(&alerts), (2, 1), "60 s is past it");
+        // The cooldown runs from the last notice sent, not from the first firing.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        alerts.raise("worker_down", Severity::Critical, "119 s", BTreeMap::new());
+        assert_eq!(counts(&alerts), (2, 2));
+        assert!(alerts.is_active("worker_down"));
+
+        let lines = audit_lines(&file, 2).await;
+        let summaries: Vec<_> = lines.iter().map(|l| l["summary"].clone()).collect();
+        assert_eq!(summaries, vec!["down", "60 s"]);
+        assert_eq!(
+            lines[1]["started_ms"], lines[0]["started_ms"],
+            "a repeat keeps the alert's start"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Delivery to one webhook endpoint: its own bounded queue and task, retries with
-//! full-jitter backoff that honour `Retry-After`, and a circuit breaker.
+//! full-jitter backoff that honour `Retry-After`, and a circuit breaker (both from
+//! [`crate::resilience`]).
 //!
 //! Each endpoint is independent, so a dead Slack webhook cannot delay a working
 //! Alertmanager, and nothing here is on the request path: the raiser only does a
@@ -8,14 +9,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::Alert;
 use super::format::payload;
 use crate::config::{AlertConfig, WebhookConfig};
+use crate::resilience::{Backoff, CircuitBreaker};
 
 /// Counters of one endpoint.
 #[derive(Debug, Default)]
@@ -29,16 +30,6 @@ pub struct EndpointStats {
     pub dropped: AtomicU64,
 }
 
-/// The random wait before retry `attempt` (0-based): uniform in
-/// `[0, min(max, base · 2^attempt)]` ("full jitter"), so retrying clients spread out.
-pub fn full_jitter(attempt: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32 << attempt.min(20))
-        .unwrap_or(max)
-        .min(max);
-    ceiling.mul_f64(rng.random::<f64>())
-}
-
 /// `Retry-After` as delta-seconds (the form rate limiters send), capped at `max`.
 pub fn retry_after(headers: &reqwest::header::HeaderMap, max: Duration) -> Option<Duration> {
     let secs: u64 = headers
@@ -49,6 +40,12 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap, max: Duration) -> Optio
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs).min(max))
+}
+
+/// The breaker's clock: tokio's (std's unless a test pauses it), so a test steps
+/// through the breaker's cooldown on the paused clock.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// One endpoint's delivery task.
@@ -69,29 +66,26 @@ enum Outcome {
 
 impl Endpoint {
     pub async fn run(self, mut rx: mpsc::Receiver<Arc<Alert>>) {
-        let mut consecutive_failures = 0u32;
-        let mut open_until: Option<Instant> = None;
-        let cooldown = Duration::from_secs(self.config.breaker_cooldown_secs);
+        let breaker = CircuitBreaker::new(
+            self.config.breaker_failures,
+            Duration::from_secs(self.config.breaker_cooldown_secs),
+        );
         while let Some(alert) = rx.recv().await {
-            if let Some(until) = open_until {
-                if Instant::now() < until {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // Half-open: this delivery is the trial.
-                open_until = None;
+            // Open: dropped without a request. After the cooldown this delivery is
+            // the half-open trial.
+            if !breaker.allow(now()) {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             if self.deliver(&alert).await {
-                consecutive_failures = 0;
+                breaker.success();
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             } else {
-                consecutive_failures += 1;
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                if consecutive_failures >= self.config.breaker_failures {
-                    open_until = Some(Instant::now() + cooldown);
+                if breaker.failure(now()) {
                     tracing::warn!(
                         endpoint = self.index,
-                        ?cooldown,
+                        cooldown = ?breaker.cooldown(),
                         "webhook circuit breaker open: deliveries dropped until it cools down"
                     );
                 }
@@ -102,8 +96,8 @@ impl Endpoint {
     /// All attempts at one alert; true if it was delivered.
     async fn deliver(&self, alert: &Alert) -> bool {
         let body = payload(self.webhook.format, alert);
-        let base = Duration::from_millis(self.config.retry_base_ms);
         let max = Duration::from_millis(self.config.retry_max_ms);
+        let backoff = Backoff::new(Duration::from_millis(self.config.retry_base_ms), max);
         for attempt in 0..self.config.max_attempts {
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +113,7 @@ impl Endpoint {
                         break;
                     }
                     let wait =
-                        asked.unwrap_or_else(|| full_jitter(attempt, base, max, &mut rand::rng()));
+                        asked.unwrap_or_else(|| backoff.full_jitter(attempt, &mut rand::rng()));
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -157,23 +151,86 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use crate::alerts::{AlertStatus, Severity};
+    use crate::config::{Secret, WebhookFormat};
 
-    #[test]
-    fn full_jitter_stays_under_a_doubling_ceiling() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        for attempt in 0..40 {
-            let ceiling = (base * 2u32.pow(attempt.min(10))).min(max);
-            for _ in 0..50 {
-                assert!(full_jitter(attempt, base, max, &mut rng) <= ceiling);
+    /// (failed, dropped, retries) once they reach `want`, polling on the paused clock
+    /// (each poll moves it by a millisecond).
+    async fn settle(stats: &EndpointStats, want: (u64, u64, u64)) {
+        let read = || {
+            (
+                stats.failed.load(Ordering::Relaxed),
+                stats.dropped.load(Ordering::Relaxed),
+                stats.retries.load(Ordering::Relaxed),
+            )
+        };
+        for _ in 0..5_000 {
+            if read() == want {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let spread: Vec<_> = (0..100)
-            .map(|_| full_jitter(5, base, max, &mut rng))
-            .collect();
-        assert!(spread.iter().any(|d| *d < Duration::from_millis(500)));
-        assert!(spread.iter().any(|d| *d > Duration::from_millis(1500)));
+        assert_eq!(read(), want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_drops_until_its_cooldown_has_passed_then_sends_one_trial() {
+        // Nothing listens on the port: every attempt fails (refused, or timed out if
+        // the paused clock gets there first).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let stats = Arc::new(EndpointStats::default());
+        let endpoint = Endpoint {
+            index: 0,
+            webhook: WebhookConfig {
+                url: Secret::new(format!("http://127.0.0.1:{port}/hook")),
+                format: WebhookFormat::Generic,
+            },
+            client: reqwest::Client::new(),
+            config: AlertConfig {
+                max_attempts: 2,
+                retry_base_ms: 10,
+                retry_max_ms: 1_000,
+                breaker_failures: 2,
+                breaker_cooldown_secs: 60,
+                timeout_ms: 500,
+                ..AlertConfig::default()
+            },
+            stats: stats.clone(),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(endpoint.run(rx));
+        let alert = Arc::new(Alert {
+            name: "worker_down".into(),
+            severity: Severity::Critical,
+            status: AlertStatus::Firing,
+            summary: "down".into(),
+            details: Default::default(),
+            at_ms: 0,
+            started_ms: 0,
+        });
+
+        // Two failed deliveries of two attempts each open the breaker.
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (1, 0, 1)).await;
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (2, 0, 2)).await;
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (2, 1, 2)).await;
+        // Still open a second before the cooldown ends: dropped, no attempt.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (2, 2, 2)).await;
+        // After it, one trial delivery (two attempts); its failure re-opens the
+        // breaker, so the next alert is dropped again.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (3, 2, 3)).await;
+        tx.send(alert.clone()).await.unwrap();
+        settle(&stats, (3, 3, 3)).await;
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
     }
 
     #[test]

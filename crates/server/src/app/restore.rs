@@ -25,6 +25,7 @@ use crate::engine::{Update, UpdateKind};
 use crate::knn::snapshot::Snapshot;
 use crate::knn::{Experience, KnnError, Memory, snapshot};
 use crate::model::Mlp;
+use crate::resilience::Backoff;
 use crate::update::codec;
 
 /// The memory snapshot found at start, read before the WAL is opened: its position
@@ -205,13 +206,24 @@ fn apply(
     Ok(())
 }
 
+/// The wait while the insert queue is full. Once the queue stays full the mean wait
+/// (half the 400 µs cap) is the fixed 200 µs poll this replaced, so a restore tries
+/// (and counts refused inserts) about as often as before; and the longest wait is far
+/// shorter than the indexer takes to drain a full queue, so the replay never idles
+/// the indexer.
+const QUEUE_FULL: Backoff = Backoff::new(Duration::from_micros(200), Duration::from_micros(400));
+
 /// Retries `submit` while the insert queue is full: a restore waits for the indexer
 /// rather than drop. Any other refusal is logged and skipped.
 fn push(mut submit: impl FnMut() -> Result<(), KnnError>) {
+    let mut attempt = 0;
     loop {
         match submit() {
             Ok(()) => return,
-            Err(KnnError::QueueFull { .. }) => std::thread::sleep(Duration::from_micros(200)),
+            Err(KnnError::QueueFull { .. }) => {
+                std::thread::sleep(QUEUE_FULL.full_jitter(attempt, &mut rand::rng()));
+                attempt = attempt.saturating_add(1);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "an experience was refused while restoring the memory");
                 return;

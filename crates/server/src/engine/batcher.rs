@@ -281,14 +281,16 @@ fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, share
                     Err(_) => break,
                 }
             }
-            if rows >= target || incoming.load(Ordering::Acquire) == 0 {
+            let Some(wait) = wait_for_more(
+                rows,
+                target,
+                incoming.load(Ordering::Acquire),
+                deadline,
+                Instant::now,
+            ) else {
                 break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
+            };
+            match rx.recv_timeout(wait) {
                 Ok(job) => {
                     rows += job.rows;
                     batch.push(job);
@@ -313,6 +315,24 @@ fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, share
         stats.target_batch.store(target, Ordering::Relaxed);
         busy.store(0, Ordering::Release);
     }
+}
+
+/// How long the batch may still wait for more jobs: none once it holds `target`
+/// rows, while no request is announced (`incoming`, so a lone client never waits),
+/// or past `deadline`; else until the deadline. The clock is read (`now`) only when
+/// waiting is possible, and is an argument so the rule is tested without waiting.
+fn wait_for_more(
+    rows: usize,
+    target: usize,
+    incoming: usize,
+    deadline: Instant,
+    now: impl FnOnce() -> Instant,
+) -> Option<Duration> {
+    if rows >= target || incoming == 0 {
+        return None;
+    }
+    let now = now();
+    (now < deadline).then(|| deadline - now)
 }
 
 /// Waits for the next job: first polling (yielding the core between polls) for up to
@@ -397,6 +417,30 @@ fn slice_rows(forward: &Forward, start: usize, rows: usize, version: u64) -> Mod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_waits_for_announced_company_until_its_deadline() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_micros(500);
+        let at = |us| move || t0 + Duration::from_micros(us);
+        // Others are on their way: wait out what is left of the delay.
+        assert_eq!(
+            wait_for_more(1, 8, 2, deadline, at(0)),
+            Some(Duration::from_micros(500))
+        );
+        assert_eq!(
+            wait_for_more(3, 8, 1, deadline, at(380)),
+            Some(Duration::from_micros(120))
+        );
+        // At or past the deadline: run what there is.
+        assert_eq!(wait_for_more(3, 8, 1, deadline, at(500)), None);
+        assert_eq!(wait_for_more(3, 8, 1, deadline, at(900)), None);
+        // A full batch, or nobody announced, never waits (nor reads the clock).
+        let unread = || -> Instant { panic!("the clock was read") };
+        assert_eq!(wait_for_more(8, 8, 5, deadline, unread), None);
+        assert_eq!(wait_for_more(9, 8, 5, deadline, unread), None);
+        assert_eq!(wait_for_more(1, 8, 0, deadline, unread), None);
+    }
 
     #[test]
     fn target_shrinks_on_overrun_and_grows_when_full() {

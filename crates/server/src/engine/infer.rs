@@ -202,11 +202,13 @@ impl Engine {
             self.stats.cold_start.fetch_add(1, Ordering::Relaxed);
             return model_only(InferPath::ColdStart);
         }
-        let now = Instant::now();
-        if !self.breaker.allow(now) {
+        // The breaker reads tokio's clock (std's unless a test pauses it), so a test
+        // steps through the cooldown on the paused clock; the search is timed by std.
+        if !self.breaker.allow(tokio::time::Instant::now().into_std()) {
             self.stats.fallback.fetch_add(1, Ordering::Relaxed);
             return model_only(InferPath::Fallback);
         }
+        let now = Instant::now();
         let result = self.memory.search(embedding, self.config.k);
         let elapsed = now.elapsed();
         crate::metrics::record_knn_search(elapsed);
@@ -226,7 +228,7 @@ impl Engine {
                         "k-NN search timed out; answering with the model alone"
                     ),
                 }
-                self.breaker.failure(Instant::now());
+                self.breaker.failure(tokio::time::Instant::now().into_std());
                 self.stats.knn_failures.fetch_add(1, Ordering::Relaxed);
                 self.stats.fallback.fetch_add(1, Ordering::Relaxed);
                 return model_only(InferPath::Fallback);

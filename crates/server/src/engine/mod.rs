@@ -11,7 +11,6 @@
 //! inserts and updates are non-blocking offers to bounded queues.
 
 mod batcher;
-mod breaker;
 pub mod config;
 mod error;
 mod feedback;
@@ -37,8 +36,8 @@ use crate::knn::Memory;
 use crate::model::Mlp;
 
 pub use crate::model::argmax;
+pub use crate::resilience::{BreakerState, CircuitBreaker};
 pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThread};
-pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::EngineError;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use forest::ForestVoter;
@@ -132,6 +131,10 @@ pub struct Engine {
     /// The online random forest voter (`engine.forest_voter`).
     forest: Option<forest::ForestVoter>,
     gate: ConfidenceGate,
+    /// The k-NN breaker: an HNSW problem must never fail a request, and should not
+    /// slow every request either, so after `breaker_failures` consecutive errors or
+    /// timeouts the model answers alone (`path = "fallback"`) without trying the
+    /// search until a trial after `breaker_cooldown_ms` succeeds.
     breaker: CircuitBreaker,
     pending: PendingMap,
     sink: Arc<dyn UpdateSink>,

@@ -467,8 +467,9 @@ impl Task {
                 }
                 _ = tick.tick() => {
                     let beat = self.deps.pipeline.ring().heartbeat_ms();
-                    if !running {
-                        if beat >= spawned_ms {
+                    match judge(&self.settings, running, beat, spawned_ms, unix_ms(), spawned.elapsed()) {
+                        Beat::Starting => {}
+                        Beat::Started => {
                             running = true;
                             self.status.set(WorkerState::Running, pid);
                             self.policy.on_healthy(Instant::now());
@@ -477,17 +478,20 @@ impl Task {
                                 self.deps.alerts.resolve("worker_crashed", Severity::Critical, "the update-worker is running again");
                                 self.deps.alerts.notify("worker_recovered", Severity::Info, format!("the update-worker is running again (pid {pid})"));
                             }
-                        } else if spawned.elapsed() > Duration::from_millis(self.settings.startup_timeout_ms) {
+                        }
+                        Beat::StartupTimeout => {
                             let _ = child.kill().await;
                             return Ok((End::StartupTimeout, false));
                         }
-                    } else if unix_ms().saturating_sub(beat) > self.settings.heartbeat_timeout_ms {
-                        // A stopped or deadlocked process cannot be asked: kill it.
-                        let _ = child.kill().await;
-                        return Ok((End::Hung, true));
-                    } else {
-                        self.policy.on_healthy(Instant::now());
-                        self.publish_counts();
+                        Beat::Hung => {
+                            // A stopped or deadlocked process cannot be asked: kill it.
+                            let _ = child.kill().await;
+                            return Ok((End::Hung, true));
+                        }
+                        Beat::Healthy => {
+                            self.policy.on_healthy(Instant::now());
+                            self.publish_counts();
+                        }
                     }
                 }
                 request = rx.recv() => match request {
@@ -597,6 +601,49 @@ impl Task {
     }
 }
 
+/// What one watchdog tick makes of the worker's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beat {
+    /// No heartbeat since it was spawned, within the startup timeout.
+    Starting,
+    /// Its first heartbeat: the start succeeded.
+    Started,
+    /// Heartbeating.
+    Healthy,
+    /// No heartbeat within `startup_timeout_ms` of the spawn.
+    StartupTimeout,
+    /// Its last heartbeat is older than `heartbeat_timeout_ms`.
+    Hung,
+}
+
+/// Judges the ring's heartbeat `beat_ms` (wall-clock ms, as the worker writes it) at
+/// `now_ms`, for a worker spawned at `spawned_ms`, `since_spawn` ago, that had
+/// (`running`) or had not heartbeated yet. The times come in as arguments so the rule
+/// is tested without a process or a clock. A beat older than the spawn is the
+/// previous worker's, so it does not count as a start.
+fn judge(
+    settings: &WorkerConfig,
+    running: bool,
+    beat_ms: u64,
+    spawned_ms: u64,
+    now_ms: u64,
+    since_spawn: Duration,
+) -> Beat {
+    if !running {
+        if beat_ms >= spawned_ms {
+            Beat::Started
+        } else if since_spawn > Duration::from_millis(settings.startup_timeout_ms) {
+            Beat::StartupTimeout
+        } else {
+            Beat::Starting
+        }
+    } else if now_ms.saturating_sub(beat_ms) > settings.heartbeat_timeout_ms {
+        Beat::Hung
+    } else {
+        Beat::Healthy
+    }
+}
+
 /// Waits `delay` unless a request comes first: a restart or resume cuts it short, a
 /// stop (or the handle going away) ends the task.
 async fn wait_or_request(rx: &mut mpsc::Receiver<Request>, delay: Duration) -> Next {
@@ -611,5 +658,93 @@ async fn wait_or_request(rx: &mut mpsc::Receiver<Request>, delay: Duration) -> N
             Some(Request::Stop(ack)) => Next::Stop(Some(ack)),
             None => Next::Stop(None),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_heartbeat_starts_a_worker_and_a_stale_one_means_hung() {
+        let settings = WorkerConfig {
+            startup_timeout_ms: 10_000,
+            heartbeat_timeout_ms: 2_000,
+            ..WorkerConfig::default()
+        };
+        let judge = |running, beat, now, since_spawn_ms| {
+            judge(
+                &settings,
+                running,
+                beat,
+                1_000_000,
+                now,
+                Duration::from_millis(since_spawn_ms),
+            )
+        };
+        // The ring still holds the previous worker's beat: not a start, until the
+        // startup timeout runs out (strictly after it).
+        assert_eq!(judge(false, 999_990, 1_000_050, 50), Beat::Starting);
+        assert_eq!(judge(false, 999_990, 1_010_000, 10_000), Beat::Starting);
+        assert_eq!(
+            judge(false, 999_990, 1_010_001, 10_001),
+            Beat::StartupTimeout
+        );
+        // A beat at or after the spawn is this worker's.
+        assert_eq!(judge(false, 1_000_000, 1_000_050, 50), Beat::Started);
+        assert_eq!(judge(false, 1_000_400, 1_020_000, 20_000), Beat::Started);
+        // Running: healthy while the beat is at most the timeout old, hung after.
+        assert_eq!(judge(true, 1_005_000, 1_007_000, 7_000), Beat::Healthy);
+        assert_eq!(judge(true, 1_005_000, 1_007_001, 7_001), Beat::Hung);
+        // A beat ahead of our clock (the wall clock stepped back) is no hang.
+        assert_eq!(judge(true, 1_005_000, 1_004_000, 4_000), Beat::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_wait_runs_its_course_unless_a_request_cuts_it_short() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let started = Instant::now();
+        assert!(matches!(
+            wait_or_request(&mut rx, Duration::from_secs(60)).await,
+            Next::Continue
+        ));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(60) && waited < Duration::from_millis(60_010),
+            "{waited:?}"
+        );
+
+        // A restart request ends the wait early; a resume is answered "not suspended".
+        let wait = tokio::spawn(async move {
+            let next = wait_or_request(&mut rx, Duration::from_secs(60)).await;
+            (matches!(next, Next::Continue), rx)
+        });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        tx.send(Request::Restart).await.unwrap();
+        let (continued, mut rx) = wait.await.unwrap();
+        assert!(continued);
+        assert!(started.elapsed() < Duration::from_secs(1), "cut short");
+
+        let (ack, answer) = oneshot::channel();
+        tx.send(Request::Resume(ack)).await.unwrap();
+        assert!(matches!(
+            wait_or_request(&mut rx, Duration::from_secs(60)).await,
+            Next::Continue
+        ));
+        assert!(!answer.await.unwrap());
+
+        // A stop ends the task, and so does the handle going away.
+        let (ack, _stopped) = oneshot::channel();
+        tx.send(Request::Stop(ack)).await.unwrap();
+        assert!(matches!(
+            wait_or_request(&mut rx, Duration::from_secs(60)).await,
+            Next::Stop(Some(_))
+        ));
+        drop(tx);
+        assert!(matches!(
+            wait_or_request(&mut rx, Duration::from_secs(60)).await,
+            Next::Stop(None)
+        ));
     }
 }

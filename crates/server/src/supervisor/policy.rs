@@ -8,15 +8,17 @@
 //!   and clears after `stable_after` of healthy running (like CrashLoopBackOff).
 //!
 //! The wait after a failure is a random time in `[0, min(max_backoff,
-//! cooldown · 2^(n−1))]` — full jitter, so servers whose workers fail together do not
-//! restart them in lockstep — with n the larger count. An intensity limit
-//! (`max_crashes` within `crash_window`, OTP-style) also suspends.
+//! cooldown · 2^(n−1))]` — full jitter ([`Backoff`]), so servers whose workers fail
+//! together do not restart them in lockstep — with n the larger count. An intensity
+//! limit (`max_crashes` within `crash_window`, OTP-style) also suspends.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
+
+use crate::resilience::Backoff;
 
 /// What to do after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Policy {
     limits: Limits,
+    backoff: Backoff,
     attempts: u32,
     streak: u32,
     crashes: VecDeque<Instant>,
@@ -54,6 +57,7 @@ impl Policy {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
+            backoff: Backoff::new(limits.cooldown, limits.max_backoff),
             attempts: 0,
             streak: 0,
             crashes: VecDeque::new(),
@@ -73,11 +77,7 @@ impl Policy {
 
     /// The ceiling of the wait at count `n` (1-based).
     pub fn ceiling(&self, n: u32) -> Duration {
-        self.limits
-            .cooldown
-            .checked_mul(1u32 << n.saturating_sub(1).min(20))
-            .unwrap_or(self.limits.max_backoff)
-            .min(self.limits.max_backoff)
+        self.backoff.ceiling(n.saturating_sub(1))
     }
 
     /// Records a failure of a worker that had (`started`) or had not heartbeated.
@@ -104,7 +104,7 @@ impl Policy {
             }
         }
         let n = self.streak.max(self.attempts).max(1);
-        Decision::Retry(self.ceiling(n).mul_f64(rng.random::<f64>()))
+        Decision::Retry(self.backoff.full_jitter(n - 1, rng))
     }
 
     /// Records a fresh heartbeat at `now`: the start succeeded, and after

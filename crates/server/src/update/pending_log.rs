@@ -122,16 +122,21 @@ impl PendingLog {
     /// Writes the buffer if it is due (or `force`), then deletes segments nothing
     /// can still join.
     pub fn commit(&mut self, force: bool) -> Result<(), WalError> {
-        let now = Instant::now();
+        self.commit_at(force, Instant::now())
+    }
+
+    /// [`commit`](Self::commit) at `now`, which decides what is due; an argument so
+    /// tests step time instead of sleeping.
+    pub fn commit_at(&mut self, force: bool, now: Instant) -> Result<(), WalError> {
         match self.due() {
             // Nothing buffered: this only lets an interval policy's fsync happen.
-            None if !force => return self.wal.commit(),
+            None if !force => return self.wal.commit_at(now),
             // Buffered and not due: `Wal::commit` would write the buffer.
             Some(due) if !force && due > now => return Ok(()),
             _ => {}
         }
         self.buffered_since = None;
-        self.wal.commit()?;
+        self.wal.commit_at(now)?;
         if self.marks.back().is_none_or(|m| now - m.at >= MARK_EVERY) {
             self.marks.push_back(Mark {
                 seq: self.wal.last_seq(),
@@ -269,9 +274,12 @@ mod tests {
     fn an_uncommitted_buffer_is_lost_and_a_due_one_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = open(dir.path(), 1000);
+        let appended = Instant::now();
         log.append_prediction(&log::encode_prediction(1, log::unix_ms(), &prediction(1)))
             .unwrap();
-        log.commit(false).unwrap();
+        // The commit interval is 5 ms; time is stepped, not slept.
+        log.commit_at(false, appended + Duration::from_millis(4))
+            .unwrap();
         drop(log);
         assert!(
             open(dir.path(), 1000).1.predictions.is_empty(),
@@ -280,8 +288,8 @@ mod tests {
         let (mut log, _) = open(dir.path(), 1000);
         log.append_prediction(&log::encode_prediction(2, log::unix_ms(), &prediction(2)))
             .unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-        log.commit(false).unwrap();
+        log.commit_at(false, Instant::now() + Duration::from_millis(10))
+            .unwrap();
         drop(log);
         assert_eq!(open(dir.path(), 1000).1.predictions.len(), 1);
     }
