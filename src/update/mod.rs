@@ -8,7 +8,7 @@
 //!                                   shared-memory ring ──▶ update-worker process
 //!                                                                 │ publishes
 //!                            swap task ◀── published_version ─────┘ model-v{N}
-//!                      (load, KL check, ArcSwap, truncate WAL, prune checkpoints)
+//!          (load, fence, KL guard, ArcSwap, truncate WAL, prune checkpoints)
 //! ```
 //!
 //! - [`codec`]: the byte form of an update (WAL record = ring payload).
@@ -16,14 +16,22 @@
 //! - [`spec`]: what a worker is started with.
 //! - [`pipeline`]: the WAL writer thread, the `UpdateSink` the engine sees.
 //! - [`pending_log`]: predictions awaiting a label, kept across restarts.
-//! - [`swap`]: taking published versions into service, rollback, the sync barrier.
+//! - [`fence`]: which published versions are judged at all (worker generation and
+//!   parent); pure.
+//! - [`guard`]: whether a judged version may serve (KL, sign test, young model); pure.
+//! - [`swap`]: taking published versions into service (gathers what the fence and
+//!   the guard read, acts on their answers), and the admin operations on versions:
+//!   the sync barrier, rollback, checkpoint.
 
 pub mod checkpoints;
 pub mod codec;
+pub mod fence;
+pub mod guard;
 pub mod pending_log;
 pub mod pipeline;
 pub mod spec;
 pub mod swap;
 
-pub use checkpoints::{Checkpoints, ServingRecord, applied_seq, parent_version};
+pub use checkpoints::{Checkpoints, ServingRecord, applied_seq, provenance};
+pub use fence::Provenance;
 pub use spec::WorkerSpec;
