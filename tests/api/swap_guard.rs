@@ -1,11 +1,14 @@
-//! What keeps a bad version out of service: the KL check (and the fresh-model
-//! allowance that skips it), and the lineage rule that refuses what the old worker
-//! trains on top of a rejected version, or of the version a rollback left, before
-//! its restart lands. A test stands in for that old worker by writing a checkpoint
-//! and announcing it on the live ring, as the worker process does.
+//! What keeps a bad version out of service: the KL guard (and the fresh-model
+//! allowance that skips it), and the fence in front of it, which refuses what a
+//! worker being replaced still publishes (on top of a rejected version, or of the
+//! version a rollback left) because its generation is no longer live, and what the
+//! live worker would train from a parent the server does not know. A test stands in
+//! for a worker by writing a checkpoint stamped as that worker would stamp it and
+//! announcing it on the live ring, as the worker process does.
 
 use std::time::Duration;
 
+use adaptserve_core::update::{Checkpoints, Provenance, provenance};
 use serde_json::{Value, json};
 
 use super::update::{fresh_model, post_label};
@@ -111,25 +114,47 @@ async fn settled_worker(server: &TestServer) -> Value {
     }
 }
 
-/// Publishes `weights` as checkpoint `version` trained from `parent`, as a worker
+/// Where a stand-in worker says `version` came from: trained from `parent` (which
+/// `parent_generation` published) by a worker of `generation`.
+fn stamp(version: u64, parent: u64, generation: u64, parent_generation: u64) -> Provenance {
+    Provenance {
+        version,
+        parent: Some(parent),
+        generation,
+        parent_generation,
+        applied_seq: 20,
+    }
+}
+
+/// Publishes `weights` as checkpoint `from.version`, stamped with `from`, as a worker
 /// would, and announces it on the live ring.
 fn publish_as_worker(
     state: &std::path::Path,
     status: &Value,
     weights: &adaptserve_core::model::Mlp,
-    version: u64,
-    parent: u64,
+    from: &Provenance,
 ) {
-    let store = adaptserve_server::update::Checkpoints::new(state.join("checkpoints"));
-    store.publish(weights, version, parent, 20).unwrap();
+    let store = Checkpoints::new(state.join("checkpoints"));
+    store.publish(weights, from).unwrap();
     let path = status["ring"]["path"].as_str().unwrap();
     adaptserve_core::ipc::Ring::open(std::path::Path::new(path))
         .unwrap()
-        .set_published_version(version);
+        .set_published_version(from.version);
+}
+
+/// The generation that published checkpoint `version`.
+fn generation_of(state: &std::path::Path, version: u64) -> u64 {
+    let store = Checkpoints::new(state.join("checkpoints"));
+    provenance(&store.load(version).unwrap()).generation
+}
+
+/// The live worker's generation, from a status taken once it runs.
+fn live(status: &Value) -> u64 {
+    status["ring"]["generation"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_rollback_the_version_left_cannot_come_back_through_its_children() {
+async fn after_a_rollback_the_old_workers_late_version_is_refused_by_its_generation() {
     let dir = tempfile::tempdir().unwrap();
     let model = fresh_model(dir.path());
     let state = tempfile::tempdir().unwrap();
@@ -144,28 +169,61 @@ async fn after_a_rollback_the_version_left_cannot_come_back_through_its_children
     let status = settled_worker(&server).await;
     let rejected_so_far = status["swaps"]["rejected"].as_u64().unwrap();
     let swapped_so_far = status["swaps"]["swapped"].as_u64().unwrap();
+    // The rollback restarted the worker on a newer generation.
+    let old = generation_of(state.path(), left);
+    assert!(old >= 1 && live(&status) > old, "{old}: {status}");
     // The old worker's late publication, trained from the version left. Its weights
-    // are the left version's, so without the rule it would be swapped in (the
+    // are the left version's, so without the fence it would be swapped in (the
     // fresh-model allowance skips the KL check) and undo the rollback.
-    let store = adaptserve_server::update::Checkpoints::new(state.path().join("checkpoints"));
+    let store = Checkpoints::new(state.path().join("checkpoints"));
     let weights = store.load(left).unwrap();
     let late = left + 100;
-    publish_as_worker(state.path(), &status, &weights, late, left);
+    publish_as_worker(
+        state.path(),
+        &status,
+        &weights,
+        &stamp(late, left, old, old),
+    );
     let status = status_until(&server, |s| {
         s["swaps"]["rejected"].as_u64().unwrap() > rejected_so_far
     })
     .await;
     assert_eq!(status["model_version"], 0, "{status}");
     assert_eq!(status["swaps"]["swapped"], swapped_so_far, "{status}");
-    // The same weights trained from the version rolled back to are learning again.
-    publish_as_worker(state.path(), &status, &weights, late + 1, 0);
+    // The same weights trained from the version rolled back to, by the live worker,
+    // are learning again.
+    let from = stamp(late + 1, 0, live(&status), generation_of(state.path(), 0));
+    publish_as_worker(state.path(), &status, &weights, &from);
     let status = status_until(&server, |s| s["model_version"] == late + 1).await;
     assert_eq!(status["swaps"]["swapped"], swapped_so_far + 1, "{status}");
     server.stop().await.unwrap();
 }
 
+/// Announces `from` (with version 0's weights) until it serves, and returns the
+/// status then. The restarted worker publishes on the same ring, and under load its
+/// announcement can overwrite this one before the swap task reads it, or one of its
+/// versions can be swapped in first: so it announces again while waiting.
+async fn swapped_in(
+    server: &TestServer,
+    state: &std::path::Path,
+    status: &Value,
+    from: &Provenance,
+) -> Value {
+    let same = Checkpoints::new(state.join("checkpoints")).load(0).unwrap();
+    publish_as_worker(state, status, &same, from);
+    let ring = adaptserve_core::ipc::Ring::open(std::path::Path::new(
+        status["ring"]["path"].as_str().unwrap(),
+    ))
+    .unwrap();
+    status_until(server, |s| {
+        ring.set_published_version(from.version);
+        s["model_version"] == from.version
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_trained_on_a_rejected_one_is_refused_without_a_restart() {
+async fn an_old_generations_version_is_refused_without_a_comparison_or_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let model = fresh_model(dir.path());
     let state = tempfile::tempdir().unwrap();
@@ -178,15 +236,25 @@ async fn a_version_trained_on_a_rejected_one_is_refused_without_a_restart() {
     );
     // Nothing was swapped in, so every version on disk but the serving 0 was
     // published by a worker and rejected; the newest was the last one compared.
-    let store = adaptserve_server::update::Checkpoints::new(state.path().join("checkpoints"));
+    let store = Checkpoints::new(state.path().join("checkpoints"));
     let rejected = *store.versions().last().unwrap();
     assert!(rejected > 0, "{:?}", store.versions());
+    // Its rejection restarted the worker on a newer generation.
+    let old = generation_of(state.path(), rejected);
+    assert!(old >= 1 && live(&status) > old, "{old}: {status}");
+    let last_kl = status["swaps"]["last_kl"].as_f64().unwrap();
+    assert!(last_kl > 0.0, "{status}");
     // Stand in for the old worker's late publication: trained from the rejected
     // version, and answering every probe exactly as the serving one does (its
     // weights are version 0's), so the KL check alone would let it in.
     let same = store.load(0).unwrap();
     let late = rejected + 100;
-    publish_as_worker(state.path(), &status, &same, late, rejected);
+    publish_as_worker(
+        state.path(),
+        &status,
+        &same,
+        &stamp(late, rejected, old, old),
+    );
     let ring_path = status["ring"]["path"].clone();
     let status = status_until(&server, |s| {
         s["swaps"]["rejected"].as_u64().unwrap() > rejected_so_far
@@ -196,20 +264,81 @@ async fn a_version_trained_on_a_rejected_one_is_refused_without_a_restart() {
     assert_eq!(status["model_version"], 0, "{status}");
     // Refused without another restart: the worker and its ring are the same.
     assert_eq!(status["ring"]["path"], ring_path, "{status}");
-    // The same weights trained from the serving version are swapped in. (The
-    // restarted worker publishes on the same ring, and under load its announcement
-    // can overwrite this one before the swap task reads it, or one of its versions
-    // can be swapped in first: announce again while waiting for this version.)
-    publish_as_worker(state.path(), &status, &same, late + 1, 0);
-    let ring = adaptserve_core::ipc::Ring::open(std::path::Path::new(
-        status["ring"]["path"].as_str().unwrap(),
-    ))
-    .unwrap();
+    // And without a comparison: one would have recorded its KL of 0.
+    assert_eq!(
+        status["swaps"]["last_kl"].as_f64(),
+        Some(last_kl),
+        "{status}"
+    );
+    // The same weights trained from the serving version by the live worker are
+    // swapped in.
+    let from = stamp(late + 1, 0, live(&status), generation_of(state.path(), 0));
+    let status = swapped_in(&server, state.path(), &status, &from).await;
+    assert!(
+        status["swaps"]["swapped"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_version_from_a_parent_the_server_does_not_know_is_refused_and_the_worker_restarts()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh_model(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let server = strict_server(state.path(), &model, 0).await;
+    let status = settled_worker(&server).await;
+    let rejected_so_far = status["swaps"]["rejected"].as_u64().unwrap();
+    let store = Checkpoints::new(state.path().join("checkpoints"));
+    let rejected = *store.versions().last().unwrap();
+    assert!(rejected > 0, "{:?}", store.versions());
+    let last_kl = status["swaps"]["last_kl"].as_f64().unwrap();
+    // Stamped with the live generation, but trained from the rejected version, which
+    // neither serves nor was published by the live worker: version 0's weights, so
+    // the KL check alone would let it in.
+    let same = store.load(0).unwrap();
+    let late = rejected + 100;
+    let generation = live(&status);
+    let old = generation_of(state.path(), rejected);
+    publish_as_worker(
+        state.path(),
+        &status,
+        &same,
+        &stamp(late, rejected, generation, old),
+    );
     let status = status_until(&server, |s| {
-        ring.set_published_version(late + 1);
-        s["model_version"] == late + 1
+        s["swaps"]["rejected"].as_u64().unwrap() > rejected_so_far
     })
     .await;
+    assert_eq!(status["swaps"]["swapped"], 0, "{status}");
+    assert_eq!(status["model_version"], 0, "{status}");
+    assert_eq!(
+        status["swaps"]["last_kl"].as_f64(),
+        Some(last_kl),
+        "{status}"
+    );
+    // The live worker's line left the server's: it restarts on a newer generation,
+    // and the version's own children (parent of the old live generation) are refused
+    // with it.
+    status_until(&server, |s| live(s) > generation).await;
+    let status = settled_worker(&server).await;
+    assert!(live(&status) > generation, "{status}");
+    let rejected_so_far = status["swaps"]["rejected"].as_u64().unwrap();
+    publish_as_worker(
+        state.path(),
+        &status,
+        &same,
+        &stamp(late + 1, late, generation, generation),
+    );
+    let status = status_until(&server, |s| {
+        s["swaps"]["rejected"].as_u64().unwrap() > rejected_so_far
+    })
+    .await;
+    assert_eq!(status["model_version"], 0, "{status}");
+    // From the serving version, the new live worker's version is swapped in.
+    let from = stamp(late + 2, 0, live(&status), generation_of(state.path(), 0));
+    let status = swapped_in(&server, state.path(), &status, &from).await;
     assert!(
         status["swaps"]["swapped"].as_u64().unwrap() >= 1,
         "{status}"

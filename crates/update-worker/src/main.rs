@@ -8,7 +8,10 @@
 //! 2. takes updates in sequence order from the ring, falling back to the WAL for
 //!    anything the ring dropped (`feed`);
 //! 3. trains on mini-batches (`learner`);
-//! 4. publishes FP16 checkpoints atomically, then bumps `published_version`;
+//! 4. publishes FP16 checkpoints atomically, each stamped with its parent, its ring
+//!    generation and its parent's, then bumps `published_version`: the server admits
+//!    only the versions of the generation it names live, trained from a parent it
+//!    knows (`adaptserve_core::update::fence`);
 //! 5. heartbeats into the ring header every `heartbeat_ms`.
 //!
 //! A publish happens every `publish_every_steps` steps or `publish_every_ms`, and at
@@ -23,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adaptserve_core::ipc::Ring;
-use adaptserve_core::update::{Checkpoints, WorkerSpec, applied_seq, checkpoints::unix_ms};
+use adaptserve_core::update::{
+    Checkpoints, Provenance, WorkerSpec, checkpoints::unix_ms, provenance,
+};
 use anyhow::{Context, bail};
 use clap::Parser;
 
@@ -80,7 +85,8 @@ fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let model = store
         .load(spec.start_version)
         .with_context(|| format!("cannot load checkpoint v{}", spec.start_version))?;
-    let start = applied_seq(&model).max(spec.applied_floor);
+    let started_from = provenance(&model);
+    let start = started_from.applied_seq.max(spec.applied_floor);
     let settings = spec.settings.clone();
     let mut learner = Learner::new(&model, settings.clone(), start)?;
     let mut feed = Feed::new(consumer, spec.wal_dir.clone(), start);
@@ -99,6 +105,9 @@ fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let mut last_beat = Instant::now();
     let mut batch_started: Option<Instant> = None;
     let mut parent_version = spec.start_version;
+    // The start version's own generation (0 for the seed or an unstamped checkpoint);
+    // every later parent is this worker's own publication.
+    let mut parent_generation = started_from.generation;
     let mut published_through = start;
     let mut steps_at_publish = 0u64;
     let mut last_publish = Instant::now();
@@ -140,12 +149,20 @@ fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         if trained && due {
             let version = next_version(&store, &ring, parent_version);
             let model = learner.snapshot(version)?;
+            let from = Provenance {
+                version,
+                parent: Some(parent_version),
+                generation: spec.generation,
+                parent_generation,
+                applied_seq: learner.trained_through,
+            };
             store
-                .publish(&model, version, parent_version, learner.trained_through)
+                .publish(&model, &from)
                 .with_context(|| format!("cannot publish v{version}"))?;
             ring.set_published_version(version);
             tracing::debug!(version, applied_seq = learner.trained_through, "published");
             parent_version = version;
+            parent_generation = spec.generation;
             published_through = learner.trained_through;
             steps_at_publish = learner.steps;
             last_publish = Instant::now();

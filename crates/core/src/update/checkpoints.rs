@@ -2,10 +2,14 @@
 //!
 //! The worker publishes `model-v{N}.safetensors` (FP16, written atomically) next to
 //! one `config.json`, the shape every checkpoint shares. Each file's metadata says
-//! where it came from — `version`, `parent_version`, `applied_seq` (the last update
-//! sequence number it has learned), `created_at` — so the files alone are enough to
-//! restart: the server reads `serving.json` to know which version it was serving,
-//! and a worker starting from that version knows which WAL records it still owes.
+//! where it came from ([`Provenance`]) — `version`, `parent_version`, `generation`
+//! (the ring generation of the worker that published it), `parent_generation`,
+//! `applied_seq` (the last update sequence number it has learned), `created_at` — so
+//! the files alone are enough to restart: the server reads `serving.json` to know
+//! which version it was serving, and a worker starting from that version knows which
+//! WAL records it still owes. A checkpoint written before generations were stamped
+//! reads as generation 0, which the swap task's fence never admits
+//! ([`super::fence`]) but which loads as any other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +17,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::fence::{Provenance, UNKNOWN_GENERATION};
 use crate::model::store::{CONFIG_FILE, write_atomic};
 use crate::model::{Mlp, ModelConfig, ModelError, SaveDtype};
 
 /// Metadata key: the version this checkpoint was trained from.
 pub const PARENT_KEY: &str = "parent_version";
+/// Metadata key: the ring generation of the worker that published it.
+pub const GENERATION_KEY: &str = "generation";
+/// Metadata key: the ring generation that published its parent.
+pub const PARENT_GENERATION_KEY: &str = "parent_generation";
 /// Metadata key: the last update sequence number reflected in the weights.
 pub const APPLIED_KEY: &str = "applied_seq";
 /// Metadata key: unix milliseconds at publication.
@@ -32,12 +41,17 @@ pub fn applied_seq(model: &Mlp) -> u64 {
         .unwrap_or(0)
 }
 
-/// The version a checkpoint was trained from, when it says.
-pub fn parent_version(model: &Mlp) -> Option<u64> {
-    model
-        .metadata()
-        .get(PARENT_KEY)
-        .and_then(|v| v.parse().ok())
+/// Where a checkpoint came from. Keys it lacks (or cannot parse) read as no parent,
+/// generation 0 ([`UNKNOWN_GENERATION`]) and `applied_seq` 0.
+pub fn provenance(model: &Mlp) -> Provenance {
+    let get = |key: &str| -> Option<u64> { model.metadata().get(key).and_then(|v| v.parse().ok()) };
+    Provenance {
+        version: model.version(),
+        parent: get(PARENT_KEY),
+        generation: get(GENERATION_KEY).unwrap_or(UNKNOWN_GENERATION),
+        parent_generation: get(PARENT_GENERATION_KEY).unwrap_or(UNKNOWN_GENERATION),
+        applied_seq: applied_seq(model),
+    }
 }
 
 /// Unix time in milliseconds.
@@ -124,18 +138,21 @@ impl Checkpoints {
         Mlp::load_files(&self.config_path(), &self.weights_path(version))
     }
 
-    /// Writes `model` as version `version` (FP16, atomically) with its provenance.
-    pub fn publish(
-        &self,
-        model: &Mlp,
-        version: u64,
-        parent_version: u64,
-        applied_seq: u64,
-    ) -> Result<PathBuf, ModelError> {
+    /// Writes `model` as version `from.version` (FP16, atomically) with its
+    /// provenance.
+    pub fn publish(&self, model: &Mlp, from: &Provenance) -> Result<PathBuf, ModelError> {
+        let version = from.version;
         let mut metadata = BTreeMap::new();
         metadata.insert("version".to_string(), version.to_string());
-        metadata.insert(PARENT_KEY.to_string(), parent_version.to_string());
-        metadata.insert(APPLIED_KEY.to_string(), applied_seq.to_string());
+        if let Some(parent) = from.parent {
+            metadata.insert(PARENT_KEY.to_string(), parent.to_string());
+        }
+        metadata.insert(GENERATION_KEY.to_string(), from.generation.to_string());
+        metadata.insert(
+            PARENT_GENERATION_KEY.to_string(),
+            from.parent_generation.to_string(),
+        );
+        metadata.insert(APPLIED_KEY.to_string(), from.applied_seq.to_string());
         metadata.insert(CREATED_KEY.to_string(), unix_ms().to_string());
         // The seed checkpoint of a fresh model stays marked as untrained.
         if model.is_fresh() {
@@ -224,13 +241,30 @@ mod tests {
         store.init(m.config()).unwrap();
         store.init(m.config()).unwrap();
         for v in 1..=4 {
-            store.publish(&m, v, v - 1, v * 10).unwrap();
+            let from = Provenance {
+                version: v,
+                parent: Some(v - 1),
+                generation: 7,
+                parent_generation: 6,
+                applied_seq: v * 10,
+            };
+            store.publish(&m, &from).unwrap();
         }
         std::fs::write(store.dir().join(".model-v9.safetensors.tmp-1"), b"x").unwrap();
         assert_eq!(store.versions(), vec![1, 2, 3, 4]);
         let loaded = store.load(3).unwrap();
         assert_eq!((loaded.version(), applied_seq(&loaded)), (3, 30));
         assert_eq!(loaded.metadata()[PARENT_KEY], "2");
+        assert_eq!(
+            provenance(&loaded),
+            Provenance {
+                version: 3,
+                parent: Some(2),
+                generation: 7,
+                parent_generation: 6,
+                applied_seq: 30,
+            }
+        );
         assert_eq!(store.prune(2, &[1]), vec![2]);
         assert_eq!(store.versions(), vec![1, 3, 4]);
 
@@ -239,6 +273,45 @@ mod tests {
             store.init(&other),
             Err(ModelError::StateMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_checkpoint_without_generations_loads_as_generation_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Checkpoints::new(dir.path().join("checkpoints"));
+        let m = model(0);
+        store.init(m.config()).unwrap();
+        // As a worker wrote them before generations were stamped.
+        let old: BTreeMap<String, String> = [
+            ("version", "5"),
+            (PARENT_KEY, "4"),
+            (APPLIED_KEY, "50"),
+            (CREATED_KEY, "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.save_weights(&store.weights_path(5), SaveDtype::F16, &old)
+            .unwrap();
+        let loaded = store.load(5).unwrap();
+        assert_eq!(
+            provenance(&loaded),
+            Provenance {
+                version: 5,
+                parent: Some(4),
+                generation: UNKNOWN_GENERATION,
+                parent_generation: UNKNOWN_GENERATION,
+                applied_seq: 50,
+            }
+        );
+        // Nothing at all: no parent either.
+        m.save_weights(&store.weights_path(6), SaveDtype::F16, &BTreeMap::new())
+            .unwrap();
+        let bare = provenance(&store.load(6).unwrap());
+        assert_eq!(
+            (bare.parent, bare.generation, bare.applied_seq),
+            (None, 0, 0)
+        );
     }
 
     #[test]

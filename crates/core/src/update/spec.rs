@@ -18,6 +18,8 @@ pub struct WorkerSpec {
     /// The shared-memory ring file.
     pub ring: PathBuf,
     /// The ring generation this spec was written for; a worker refuses another one.
+    /// It stamps this generation into every checkpoint it publishes: the server
+    /// admits only the versions of the generation it names live (`fence`).
     pub generation: u64,
     /// The WAL directory, read to replay what the ring did not carry.
     pub wal_dir: PathBuf,

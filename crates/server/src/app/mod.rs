@@ -112,8 +112,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         Some(record) => record,
         None => {
             let version = given.version();
+            // Written by the server, not a worker: no generation (0), which the swap
+            // task's fence never admits, but it serves and workers start from it.
+            let seed = crate::update::Provenance {
+                version,
+                parent: Some(version),
+                generation: crate::update::fence::UNKNOWN_GENERATION,
+                parent_generation: crate::update::fence::UNKNOWN_GENERATION,
+                applied_seq: 0,
+            };
             store
-                .publish(&given, version, version, 0)
+                .publish(&given, &seed)
                 .context("cannot seed the checkpoint directory")?;
             let record = ServingRecord {
                 version,

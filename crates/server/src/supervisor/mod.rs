@@ -19,8 +19,15 @@
 //! resolves `worker_crashed` and sends an info `worker_recovered`. The worker sets its own parent-death signal (`prctl(PR_SET_PDEATHSIG)` as
 //! its first act, then checks its parent is still the server), so it never outlives
 //! the server — without an `unsafe` `pre_exec` here.
+//!
+//! Each worker runs on its own ring generation, which it stamps into every checkpoint
+//! it publishes. The supervisor names the *live* generation, the only one whose
+//! versions the swap task admits: a replacement asked for (rejection, rollback,
+//! operator, shutdown) ends it at once, before the old worker has stopped, and a
+//! replaced generation is never run again (`handoff`).
 
 pub mod cleanup;
+mod handoff;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -41,6 +48,7 @@ use crate::ipc::Ring;
 use crate::update::WorkerSpec;
 use crate::update::checkpoints::unix_ms;
 use crate::update::pipeline::Pipeline;
+use handoff::Handoff;
 use policy::{Decision, Limits, Policy};
 
 /// The worker's state, as `/v1/status` names it.
@@ -182,7 +190,7 @@ pub struct Deps {
 pub struct Supervisor {
     tx: mpsc::Sender<Request>,
     status: Arc<WorkerStatus>,
-    start: Arc<Mutex<StartPoint>>,
+    handoff: Arc<Mutex<Handoff>>,
     enabled: bool,
 }
 
@@ -200,7 +208,7 @@ impl Supervisor {
     /// Starts supervising (and the first worker) unless `settings.enabled` is false.
     pub fn start(settings: WorkerConfig, deps: Deps, start: StartPoint) -> Self {
         let status = Arc::new(WorkerStatus::default());
-        let start = Arc::new(Mutex::new(start));
+        let handoff = Arc::new(Mutex::new(Handoff::new(start)));
         // Bound 4: requests are rare (a rejection, a rollback, an operator, shutdown);
         // a burst beyond that waits, it is never dropped.
         let (tx, rx) = mpsc::channel(4);
@@ -220,7 +228,7 @@ impl Supervisor {
                 settings,
                 deps,
                 status: status.clone(),
-                start: start.clone(),
+                handoff: handoff.clone(),
             };
             tokio::spawn(task.run(rx));
         } else {
@@ -229,7 +237,7 @@ impl Supervisor {
         Self {
             tx,
             status,
-            start,
+            handoff,
             enabled,
         }
     }
@@ -246,23 +254,32 @@ impl Supervisor {
 
     /// Where the next worker will start.
     pub fn start_point(&self) -> StartPoint {
-        *self.start.lock()
+        self.handoff.lock().start()
+    }
+
+    /// The ring generation whose published versions may serve: the running worker's,
+    /// unless its replacement has been asked for (then none until the next worker
+    /// has started). `None` too when no worker is configured.
+    pub fn live_generation(&self) -> Option<u64> {
+        self.handoff.lock().live()
     }
 
     /// Moves the start point without restarting (a version was swapped in: a
     /// restarted worker should come back from it).
     pub fn advance(&self, point: StartPoint) {
-        *self.start.lock() = point;
+        self.handoff.lock().advance(point);
     }
 
-    /// Stops the running worker and starts one from `point` (not a failure).
+    /// Stops the running worker and starts one from `point` (not a failure). The
+    /// running worker's generation stops being live before this returns.
     pub async fn restart_from(&self, point: StartPoint) {
-        *self.start.lock() = point;
+        self.handoff.lock().replace(Some(point));
         let _ = self.tx.send(Request::Restart).await;
     }
 
     /// Resumes a suspended supervisor (true), or restarts a live worker (false).
     pub async fn resume_or_restart(&self) -> bool {
+        self.handoff.lock().replace(None);
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Request::Resume(tx)).await.is_err() {
             return false;
@@ -272,6 +289,7 @@ impl Supervisor {
 
     /// Stops the worker (SIGTERM, then SIGKILL) and ends supervision.
     pub async fn stop(&self) {
+        self.handoff.lock().replace(None);
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Request::Stop(tx)).await.is_ok() {
             let _ = rx.await;
@@ -316,7 +334,7 @@ struct Task {
     settings: WorkerConfig,
     deps: Deps,
     status: Arc<WorkerStatus>,
-    start: Arc<Mutex<StartPoint>>,
+    handoff: Arc<Mutex<Handoff>>,
 }
 
 impl Task {
@@ -498,7 +516,7 @@ impl Task {
                     Some(Request::Restart) => {
                         self.stop_child(&mut child).await;
                         crate::metrics::record_restart("requested");
-                        tracing::info!(point = ?*self.start.lock(), "restarting the update-worker on request");
+                        tracing::info!(point = ?self.handoff.lock().start(), "restarting the update-worker on request");
                         return Ok((End::Requested, running));
                     }
                     Some(Request::Resume(ack)) => {
@@ -570,11 +588,19 @@ impl Task {
                 "no update-worker executable next to the server (build it with `cargo build --workspace`, or set worker.binary)",
             )
         })?;
-        let point = *self.start.lock();
         let ring = self.deps.pipeline.ring();
+        let generation = ring.generation();
+        let Some((point, ticket)) = self.handoff.lock().begin(generation) else {
+            // The new ring could not be made (see `clean_up`): the old one's worker
+            // was replaced, and a worker on its generation could publish nothing
+            // that serves. A failed start, retried after the backoff.
+            return Err(std::io::Error::other(format!(
+                "no new ring generation after a replaced worker's generation {generation}"
+            )));
+        };
         let spec = WorkerSpec {
             ring: ring.path().to_path_buf(),
-            generation: ring.generation(),
+            generation,
             wal_dir: self.deps.wal_dir.clone(),
             checkpoint_dir: self.deps.checkpoint_dir.clone(),
             start_version: point.version,
@@ -588,13 +614,15 @@ impl Task {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
+        let live = self.handoff.lock().went_live(ticket, generation);
         self.status
             .set(WorkerState::Starting, child.id().unwrap_or(0));
         tracing::info!(
             pid = child.id(),
             version = point.version,
             floor = point.floor,
-            generation = ring.generation(),
+            generation,
+            live,
             "update-worker started"
         );
         Ok(child)
