@@ -20,6 +20,9 @@
 //! - [`monitor`] — health metrics every interval, thresholds, alerts; the p99 histogram.
 //! - [`alerts`] — severities, cooldown, log/file/webhook channels, retries, breakers.
 //! - [`metrics`] — Prometheus names, buckets, the recorder, scrape-time refresh.
+//! - [`state`] — what every handler, the scrape and the monitor can reach.
+//! - [`status`] — one typed snapshot of the server, read by `/v1/status`, `/health`,
+//!   `/metrics` and the monitor.
 
 pub mod alerts;
 pub mod app;
@@ -29,6 +32,8 @@ pub mod http;
 pub mod knn;
 pub mod metrics;
 pub mod monitor;
+pub mod state;
+pub mod status;
 pub mod supervisor;
 pub mod update;
 

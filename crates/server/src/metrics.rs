@@ -14,13 +14,12 @@
 //!   [`refresh`], so the request path pays nothing for it.
 
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::http::AppState;
+use crate::status::Status;
 
 pub const HTTP_REQUESTS: &str = "adaptserve_http_requests_total";
 pub const HTTP_DURATION: &str = "adaptserve_http_request_duration_seconds";
@@ -216,39 +215,31 @@ pub fn record_alert(severity: &'static str) {
 }
 
 /// Copies the state kept elsewhere into the recorder; called per scrape.
-pub fn refresh(state: &AppState) {
-    let engine = &state.engine;
-    let stats = engine.stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    counter!(INFER_ROWS, "path" => "cold_start").absolute(load(&stats.cold_start));
-    counter!(INFER_ROWS, "path" => "ensemble").absolute(load(&stats.ensemble));
-    counter!(INFER_ROWS, "path" => "fallback").absolute(load(&stats.fallback));
-    counter!(KNN_FAILURES).absolute(load(&stats.knn_failures));
-    counter!(PSEUDO_LABELS).absolute(load(&stats.pseudo_labels));
-    counter!(LABELS).absolute(load(&stats.labels));
-    gauge!(MEMORY_EXPERIENCES).set(engine.memory().len() as f64);
-    gauge!(MODEL_VERSION).set(engine.model().version() as f64);
-    if let Some(updates) = &state.updates {
-        let pipeline = updates.pipeline();
-        let ring = pipeline.ring();
-        let sink = crate::engine::UpdateSink::stats(pipeline.as_ref());
-        counter!(UPDATES_SENT).absolute(sink.sent);
-        counter!(UPDATES_APPLIED).absolute(sink.applied.max(updates.settled()));
-        counter!(UPDATES_DROPPED).absolute(sink.dropped);
-        counter!(UPDATES_REFUSED).absolute(sink.refused);
-        gauge!(RING_DEPTH).set(ring.depth() as f64);
-        gauge!(RING_CAPACITY).set(ring.capacity() as f64);
-        gauge!(WAL_BYTES).set(pipeline.wal_bytes() as f64);
-        let swaps = updates.stats();
-        counter!(MODEL_SWAPS).absolute(swaps.swaps.load(Ordering::Relaxed));
-        counter!(MODEL_REJECTIONS).absolute(swaps.rejections.load(Ordering::Relaxed));
-        gauge!(MODEL_KL).set(swaps.mean_kl());
-        let current = updates.worker().status().state();
-        for s in crate::supervisor::WorkerState::ALL {
-            gauge!(WORKER_STATE, "state" => s.as_str()).set(f64::from(u8::from(s == current)));
-        }
+pub fn refresh(status: &Status) {
+    counter!(INFER_ROWS, "path" => "cold_start").absolute(status.paths.cold_start);
+    counter!(INFER_ROWS, "path" => "ensemble").absolute(status.paths.ensemble);
+    counter!(INFER_ROWS, "path" => "fallback").absolute(status.paths.fallback);
+    counter!(KNN_FAILURES).absolute(status.knn_failures);
+    counter!(PSEUDO_LABELS).absolute(status.pseudo_labels);
+    counter!(LABELS).absolute(status.labels.received);
+    gauge!(MEMORY_EXPERIENCES).set(status.experiences as f64);
+    gauge!(MODEL_VERSION).set(status.model_version as f64);
+    let updates = &status.updates;
+    counter!(UPDATES_SENT).absolute(updates.sent);
+    counter!(UPDATES_APPLIED).absolute(updates.applied);
+    counter!(UPDATES_DROPPED).absolute(updates.dropped);
+    counter!(UPDATES_REFUSED).absolute(updates.refused);
+    gauge!(RING_DEPTH).set(status.ring.depth as f64);
+    gauge!(RING_CAPACITY).set(status.ring.capacity as f64);
+    gauge!(WAL_BYTES).set(status.wal_bytes as f64);
+    counter!(MODEL_SWAPS).absolute(status.swaps.swapped);
+    counter!(MODEL_REJECTIONS).absolute(status.swaps.rejected);
+    gauge!(MODEL_KL).set(status.swaps.mean_kl_divergence);
+    for s in crate::supervisor::WorkerState::ALL {
+        gauge!(WORKER_STATE, "state" => s.as_str())
+            .set(f64::from(u8::from(s == status.worker.state)));
     }
-    if let Some(rss) = resident_bytes() {
+    if let Some(rss) = status.rss_bytes {
         gauge!(RSS_BYTES).set(rss as f64);
     }
 }

@@ -402,7 +402,7 @@ pub async fn run(
         .context("the model failed its warm-up forward pass")?;
     let state = AppState::new(
         engine.clone(),
-        Some(server.updates.clone()),
+        server.updates.clone(),
         config.server.clone(),
     );
     let _ = state.recovery.set(server.recovery.clone());

@@ -312,6 +312,11 @@ impl Engine {
     }
 
     /// A consistent-enough snapshot for `/v1/status` (each field is read atomically).
+    /// The voters' names, in the order of [`EngineStatus::weights`].
+    pub fn voter_names(&self) -> impl Iterator<Item = &'static str> {
+        ["model", "knn", "linear", "forest"].into_iter()
+    }
+
     pub fn status(&self) -> EngineStatus {
         let model = self.model.load();
         EngineStatus {

@@ -46,13 +46,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn updates(state: &AppState) -> Result<&Arc<crate::update::swap::UpdatePath>, ApiError> {
-    state
-        .updates
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("this server has no update path".into()))
-}
-
 impl From<UpdateError> for ApiError {
     fn from(e: UpdateError) -> Self {
         match e {
@@ -71,14 +64,14 @@ impl From<UpdateError> for ApiError {
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<SyncReply>, ApiError> {
-    Ok(AppJson(updates(&state)?.sync().await?))
+    Ok(AppJson(state.updates.sync().await?))
 }
 
 /// `POST /v1/admin/checkpoint`: the sync barrier, then the WAL fsynced.
 pub(super) async fn checkpoint(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<SyncReply>, ApiError> {
-    Ok(AppJson(updates(&state)?.checkpoint().await?))
+    Ok(AppJson(state.updates.checkpoint().await?))
 }
 
 /// `{"version": N}`.
@@ -100,7 +93,7 @@ pub(super) async fn rollback(
     State(state): State<Arc<AppState>>,
     AppJson(request): AppJson<RollbackRequest>,
 ) -> Result<AppJson<RollbackReply>, ApiError> {
-    let reply = updates(&state)?.rollback(request.version).await?;
+    let reply = state.updates.rollback(request.version).await?;
     Ok(AppJson(RollbackReply {
         model_version: reply.model_version,
         applied_seq: reply.applied_seq,
@@ -121,7 +114,7 @@ pub(super) struct WorkerRestartReply {
 pub(super) async fn restart_worker(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<WorkerRestartReply>, ApiError> {
-    let updates = updates(&state)?;
+    let updates = &state.updates;
     let worker = updates.worker();
     if !worker.enabled() {
         return Err(ApiError::from(UpdateError::NoWorker));

@@ -5,7 +5,6 @@
 //! is down is yellow, not red: serving goes on and its updates wait in the WAL.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,6 +13,8 @@ use serde_json::{Value, json};
 
 use super::{AppJson, AppState};
 use crate::engine::BreakerState;
+use crate::status::Status;
+use crate::supervisor::WorkerState;
 
 /// Traffic-light rating of a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -37,29 +38,14 @@ fn component(status: Light, detail: impl Into<String>) -> Component {
     }
 }
 
-/// `{"pid", "state", "restarts"}` of the update-worker.
-fn worker_json(state: &AppState) -> Value {
-    match &state.updates {
-        Some(u) => {
-            let w = u.worker().status();
-            json!({"pid": w.pid(), "state": w.state().as_str(), "restarts": w.restarts(), "failed_attempts": w.failed_attempts(), "crash_streak": w.crash_streak()})
-        }
-        None => json!({"pid": null, "state": "disabled", "restarts": 0}),
-    }
-}
-
 /// The worker rated: yellow whenever the weights are not learning (serving goes on,
 /// the WAL keeps every update for when the worker is back), never red.
-fn worker_component(state: &AppState) -> Component {
-    use crate::supervisor::WorkerState;
-    let Some(u) = &state.updates else {
-        return component(Light::Yellow, "no update path: weights do not train");
-    };
-    let w = u.worker().status();
-    match w.state() {
+fn worker_component(status: &Status) -> Component {
+    let w = &status.worker;
+    match w.state {
         WorkerState::Running => component(
             Light::Green,
-            format!("pid {}, {} restarts", w.pid().unwrap_or(0), w.restarts()),
+            format!("pid {}, {} restarts", w.pid.unwrap_or(0), w.restarts),
         ),
         other => component(
             Light::Yellow,
@@ -71,47 +57,9 @@ fn worker_component(state: &AppState) -> Component {
     }
 }
 
-/// Active alerts and delivery counters.
-fn alerts_json(state: &AppState) -> Value {
-    let Some(u) = &state.updates else {
-        return Value::Null;
-    };
-    let a = u.alerts();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let s = a.stats();
-    let webhooks: Vec<Value> = a
-        .endpoints()
-        .iter()
-        .map(|e| json!({"delivered": load(&e.delivered), "failed": load(&e.failed), "retries": load(&e.retries), "dropped": load(&e.dropped)}))
-        .collect();
-    json!({
-        "active": a.active(),
-        "raised": load(&s.raised),
-        "resolved": load(&s.resolved),
-        "suppressed": load(&s.suppressed),
-        "dropped": load(&s.dropped),
-        "webhooks": webhooks,
-    })
-}
-
-/// `{"depth", "capacity", "dropped", "generation"}` of the shared-memory ring.
-fn ring_json(state: &AppState) -> Value {
-    match &state.updates {
-        Some(u) => {
-            let r = u.pipeline().ring();
-            let dropped = crate::engine::UpdateSink::stats(u.pipeline().as_ref()).dropped;
-            // The path says which shared-memory file is live (one per worker
-            // generation), for an operator looking at /dev/shm.
-            json!({"depth": r.depth(), "capacity": r.capacity(), "dropped": dropped, "generation": r.generation(), "path": r.path()})
-        }
-        None => json!({"depth": 0, "capacity": 0, "dropped": 0}),
-    }
-}
-
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
-    let engine = &state.engine;
-    let status = engine.status();
-    let model = if state.is_ready() && engine.model_alive() {
+    let status = Status::collect(&state);
+    let model = if status.ready {
         component(
             Light::Green,
             format!("version {} loaded", status.model_version),
@@ -119,22 +67,20 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
     } else {
         component(Light::Red, "not ready")
     };
-    let memory_stats = engine.memory().stats();
-    let memory = match status.breaker {
+    let memory = match status.vote.breaker {
         BreakerState::Closed => component(
             Light::Green,
             format!(
                 "{} experiences, {} index",
-                memory_stats.len, memory_stats.backend
+                status.experiences, status.memory.backend
             ),
         ),
         BreakerState::HalfOpen | BreakerState::Open => component(
             Light::Yellow,
-            format!("k-NN circuit breaker {}", status.breaker.as_str()),
+            format!("k-NN circuit breaker {}", status.vote.breaker.as_str()),
         ),
     };
-    let queued = engine.batcher_stats().queued.load(Ordering::Relaxed);
-    let capacity = engine.batcher_capacity();
+    let (queued, capacity) = (status.batcher.queued, status.batcher.capacity);
     let queue_light = if queued * 10 >= capacity * 9 {
         Light::Red
     } else if queued * 2 >= capacity {
@@ -143,12 +89,14 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
         Light::Green
     };
     let queue = component(queue_light, format!("{queued} of {capacity} queued"));
-    let worker = worker_component(&state);
-    let alerts = match state.updates.as_ref().map(|u| u.alerts().active()) {
-        Some(active) if !active.is_empty() => {
-            component(Light::Yellow, format!("firing: {}", active.join(", ")))
-        }
-        _ => component(Light::Green, "none firing"),
+    let worker = worker_component(&status);
+    let alerts = if status.alerts.active.is_empty() {
+        component(Light::Green, "none firing")
+    } else {
+        component(
+            Light::Yellow,
+            format!("firing: {}", status.alerts.active.join(", ")),
+        )
     };
     let overall = [
         model.status,
@@ -167,8 +115,8 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
     };
     let body = json!({
         "status": overall,
-        "mode": mode(status.cold_start),
-        "worker": worker_json(&state),
+        "mode": status.mode,
+        "worker": status.worker,
         "health_metrics": state.monitor.last().map(|h| json!(*h)),
         "components": {
             "model": model,
@@ -196,114 +144,6 @@ pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Ap
     }
 }
 
-pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value> {
-    let engine = &state.engine;
-    let s = engine.status();
-    let m = engine.memory().stats();
-    let e = engine.stats();
-    let b = engine.batcher_stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let scored = load(&e.labels_scored);
-    let ratio = |right: &std::sync::atomic::AtomicU64, of: &std::sync::atomic::AtomicU64| {
-        let of = load(of);
-        (of > 0).then(|| load(right) as f64 / of as f64)
-    };
-    let voter_accuracy = |i: usize| ratio(&e.voter_correct[i], &e.voter_scored[i]);
-    AppJson(json!({
-        "version": crate::VERSION,
-        "model_version": s.model_version,
-        "mode": mode(s.cold_start),
-        "experiences": s.experiences,
-        "input_dim": s.input_dim,
-        "num_classes": s.num_classes,
-        "uptime_seconds": state.started.elapsed().as_secs_f64(),
-        "worker": worker_json(&state),
-        "ring": ring_json(&state),
-        "wal_bytes": state.updates.as_ref().map_or(0, |u| u.pipeline().wal_bytes()),
-        "rss_bytes": crate::metrics::resident_bytes(),
-        "alerts": alerts_json(&state),
-        "updates": {
-            "sent": s.updates.sent,
-            "applied": state.updates.as_ref().map_or(s.updates.applied, |u| s.updates.applied.max(u.settled())),
-            "settled": state.updates.as_ref().map(|u| u.settled()),
-            "dropped": s.updates.dropped,
-            "refused": s.updates.refused,
-        },
-        "swaps": state.updates.as_ref().map(|u| {
-            let st = u.stats();
-            json!({
-                "swapped": st.swaps.load(Ordering::Relaxed),
-                "rejected": st.rejections.load(Ordering::Relaxed),
-                "last_kl": st.last_kl(),
-                "mean_kl_divergence": st.mean_kl(),
-            })
-        }),
-        "memory": {
-            "backend": m.backend.to_string(),
-            "capacity": m.capacity,
-            "indexed": m.indexed,
-            "pending": m.pending,
-            "tombstones": m.tombstones,
-            "rebuilds": m.rebuilds,
-            "dropped_inserts": m.dropped_inserts,
-            "evicted": m.evicted_total,
-        },
-        "vote": {
-            "lambda": s.lambda,
-            "weights": {
-                "model": s.weights[crate::engine::MODEL],
-                "knn": s.weights[crate::engine::KNN],
-                "linear": s.weights[crate::engine::LINEAR],
-                "forest": s.weights[crate::engine::FOREST],
-            },
-            // Each voter's own accuracy on the labels joined while it voted.
-            "accuracy": {
-                "model": voter_accuracy(crate::engine::MODEL),
-                "knn": voter_accuracy(crate::engine::KNN),
-                "linear": voter_accuracy(crate::engine::LINEAR),
-                "forest": voter_accuracy(crate::engine::FOREST),
-            },
-            "breaker": s.breaker.as_str(),
-            "drift_active": s.drift_active,
-            "drifts": s.drifts,
-        },
-        "paths": {
-            "cold_start": load(&e.cold_start),
-            "ensemble": load(&e.ensemble),
-            "fallback": load(&e.fallback),
-        },
-        "knn_failures": load(&e.knn_failures),
-        "knn_faults_injected": engine.knn_fault().injected(),
-        "pseudo_labels": load(&e.pseudo_labels),
-        "labels": {
-            "received": load(&e.labels),
-            "scored": scored,
-            "accuracy": ratio(&e.labels_correct, &e.labels_scored),
-            "pseudo_scored": load(&e.pseudo_scored),
-            "pseudo_precision": ratio(&e.pseudo_correct, &e.pseudo_scored),
-        },
-        "pending_predictions": s.pending,
-        "pending_predictions_bytes": s.pending_bytes,
-        "pending_log": state.updates.as_ref().map(|u| json!({
-            "bytes": u.pipeline().pending_bytes(),
-            "dropped": u.pipeline().pending_dropped(),
-        })),
-        "request_ids": {
-            "next": engine.request_ids().peek(),
-            "refused": engine.request_ids().refused(),
-        },
-        "recovery": state.recovery.get(),
-        "batcher": {
-            "queued": b.queued.load(Ordering::Relaxed),
-            "capacity": engine.batcher_capacity(),
-            "batches": load(&b.batches),
-            "rows": load(&b.rows),
-            "rejected": load(&b.rejected),
-            "target_batch": b.target_batch.load(Ordering::Relaxed),
-        },
-    }))
-}
-
-fn mode(cold_start: bool) -> &'static str {
-    if cold_start { "cold_start" } else { "normal" }
+pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Status> {
+    AppJson(Status::collect(&state))
 }

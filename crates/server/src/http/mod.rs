@@ -13,10 +13,9 @@ mod error;
 mod feedback;
 mod health;
 mod infer;
-mod ratelimit;
+pub(crate) mod ratelimit;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,66 +27,9 @@ use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
-use crate::config::ServerConfig;
-use crate::engine::Engine;
-use crate::update::swap::UpdatePath;
+pub use crate::state::AppState;
 
 pub use error::{ApiError, AppJson, PayloadLimit};
-
-/// What every handler can reach.
-#[derive(Debug)]
-pub struct AppState {
-    /// The request path.
-    pub engine: Arc<Engine>,
-    /// The update path (WAL, worker, swaps); `None` for an engine-only server.
-    pub updates: Option<Arc<UpdatePath>>,
-    /// The server's settings (limits, admin token).
-    pub config: ServerConfig,
-    /// False until the model is loaded and warmed, and again once shutdown begins,
-    /// so a load balancer stops sending before the drain.
-    pub ready: AtomicBool,
-    /// For `uptime_seconds`.
-    pub started: Instant,
-    /// The health monitor's latency histogram and last result.
-    pub monitor: crate::monitor::Monitor,
-    /// The per-client rate limit (off unless configured).
-    pub rate_limit: ratelimit::RateLimiter,
-    /// What the server rebuilt from its state dir at start (`/v1/status`'s
-    /// `recovery`), set once by the app.
-    pub recovery: std::sync::OnceLock<serde_json::Value>,
-}
-
-impl AppState {
-    /// State for `engine`, not yet ready.
-    pub fn new(
-        engine: Arc<Engine>,
-        updates: Option<Arc<UpdatePath>>,
-        config: ServerConfig,
-    ) -> Arc<Self> {
-        let rate_limit =
-            ratelimit::RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
-        Arc::new(Self {
-            engine,
-            updates,
-            config,
-            ready: AtomicBool::new(false),
-            started: Instant::now(),
-            monitor: crate::monitor::Monitor::default(),
-            rate_limit,
-            recovery: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// Marks the server ready (or not) for `/health/ready`.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    /// Whether `/health/ready` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-}
 
 impl PayloadLimit for Arc<AppState> {
     fn payload_limit(&self) -> usize {
@@ -178,7 +120,7 @@ async fn rate_limit(
 async fn metrics(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> impl IntoResponse {
-    crate::metrics::refresh(&state);
+    crate::metrics::refresh(&crate::status::Status::collect(&state));
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -19,7 +19,6 @@ pub mod latency;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -28,7 +27,8 @@ use tokio::sync::watch;
 
 use crate::alerts::Severity;
 use crate::config::MonitorConfig;
-use crate::http::AppState;
+use crate::state::AppState;
+use crate::status::Status;
 use latency::{LatencyHistogram, Snapshot};
 
 /// One interval's health metrics.
@@ -76,35 +76,34 @@ impl Monitor {
         let mut tick = tokio::time::interval(Duration::from_millis(config.monitoring_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let mut mark = Self::mark(&state);
+        let mut mark = Self::mark(&state, &Status::collect(&state));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let now = Self::mark(&state);
-            let health = Self::measure(&state, &config, &mark, &now, limit);
+            let status = Status::collect(&state);
+            let now = Self::mark(&state, &status);
+            let health = Self::measure(&status, &config, &mark, &now, limit);
             Self::alert(&state, &config, &health);
             state.monitor.last.store(Some(Arc::new(health)));
             mark = now;
         }
     }
 
-    fn mark(state: &AppState) -> Mark {
-        let stats = state.engine.stats();
-        let failures = stats.knn_failures.load(Ordering::Relaxed);
+    fn mark(state: &AppState, status: &Status) -> Mark {
         Mark {
             at: Instant::now(),
-            applied: state.updates.as_ref().map_or(0, |u| u.settled()),
+            applied: status.updates.settled,
             // Every search ends as an ensemble answer or a failure.
-            searches: stats.ensemble.load(Ordering::Relaxed) + failures,
-            failures,
+            searches: status.paths.ensemble + status.knn_failures,
+            failures: status.knn_failures,
             latency: state.monitor.infer_latency.snapshot(),
         }
     }
 
     fn measure(
-        state: &AppState,
+        status: &Status,
         config: &MonitorConfig,
         before: &Mark,
         now: &Mark,
@@ -113,14 +112,8 @@ impl Monitor {
         let seconds = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
         let searches = now.searches.saturating_sub(before.searches);
         let failures = now.failures.saturating_sub(before.failures);
-        let (sent, kl) = match &state.updates {
-            Some(u) => (
-                crate::engine::UpdateSink::stats(u.pipeline().as_ref()).sent,
-                u.stats().mean_kl(),
-            ),
-            None => (0, 0.0),
-        };
-        let rss = crate::metrics::resident_bytes().unwrap_or(0);
+        let (sent, kl) = (status.updates.sent, status.swaps.mean_kl_divergence);
+        let rss = status.rss_bytes.unwrap_or(0);
         let mut health = Health {
             update_rate: now.applied.saturating_sub(before.applied) as f64 * 60.0 / seconds,
             update_backlog: sent.saturating_sub(now.applied),
@@ -130,13 +123,13 @@ impl Monitor {
                 failures as f64 / searches as f64
             },
             mean_kl_divergence: kl,
-            queue_size: state.engine.batcher_stats().queued.load(Ordering::Relaxed),
+            queue_size: status.batcher.queued,
             memory_usage_ratio: limit.map_or(0.0, |l| rss as f64 / l as f64),
             inference_latency_p99_ms: latency::quantile(&before.latency, &now.latency, 0.99)
                 .map(|d| d.as_secs_f64() * 1e3),
             breached: Vec::new(),
         };
-        let worker_expected = state.updates.as_ref().is_some_and(|u| u.worker().enabled());
+        let worker_expected = status.worker_enabled;
         let checks = [
             (
                 "update_rate_zero",
@@ -173,8 +166,7 @@ impl Monitor {
     }
 
     fn alert(state: &AppState, config: &MonitorConfig, health: &Health) {
-        let Some(u) = &state.updates else { return };
-        let alerts = u.alerts();
+        let alerts = state.updates.alerts();
         let describe = |name: &str| -> (Severity, String) {
             match name {
                 "update_rate_zero" => (
