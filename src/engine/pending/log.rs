@@ -187,6 +187,35 @@ mod tests {
     }
 
     #[test]
+    fn a_prediction_record_keeps_its_layout() {
+        // Records outlive the binary that wrote them: a restart after an upgrade must
+        // read them as written. Pseudo, the neighbours absent, the linear voter and
+        // the forest present: flags 1 | 4 | 8.
+        let p = PendingPrediction {
+            features: vec![1.5],
+            embedding: vec![9.0],
+            p_model: vec![0.25, 0.75],
+            p_knn: None,
+            p_lin: Some(vec![0.5, 0.5]),
+            p_forest: Some(vec![1.0, 0.0]),
+            predicted: 1,
+            pseudo: true,
+            model_version: 7,
+        };
+        let mut want = vec![PREDICTION, 0b1101, 0, 0];
+        want.extend_from_slice(&1u32.to_le_bytes());
+        for v in [3u64, 11, 7] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        for v in [1.5f32, 0.25, 0.75, 0.5, 0.5, 1.0, 0.0] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(encode_prediction(3, 11, &p), want);
+    }
+
+    #[test]
     fn answered_round_trips_and_unknown_tags_are_refused() {
         assert_eq!(
             decode(&encode_answered(42, 7)),
