@@ -259,7 +259,7 @@ pub struct EngineConfig {
     pub linear_voter: bool,
     /// A fourth voter: an online random forest of Hoeffding trees on the raw input,
     /// trained on every label; it wins where classes follow axis-aligned rules
-    /// (`src/engine/forest.rs`).
+    /// (`src/engine/forest/`).
     pub forest_voter: bool,
     /// Neighbours consulted per vote.
     pub k: usize,
