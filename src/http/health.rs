@@ -208,7 +208,6 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         let of = load(of);
         (of > 0).then(|| load(right) as f64 / of as f64)
     };
-    let voter_accuracy = |i: usize| ratio(&e.voter_correct[i], &e.voter_scored[i]);
     AppJson(json!({
         "version": crate::VERSION,
         "model_version": s.model_version,
@@ -250,19 +249,10 @@ pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Value>
         },
         "vote": {
             "lambda": s.lambda,
-            "weights": {
-                "model": s.weights[crate::engine::MODEL],
-                "knn": s.weights[crate::engine::KNN],
-                "linear": s.weights[crate::engine::LINEAR],
-                "forest": s.weights[crate::engine::FOREST],
-            },
-            // Each voter's own accuracy on the labels joined while it voted.
-            "accuracy": {
-                "model": voter_accuracy(crate::engine::MODEL),
-                "knn": voter_accuracy(crate::engine::KNN),
-                "linear": voter_accuracy(crate::engine::LINEAR),
-                "forest": voter_accuracy(crate::engine::FOREST),
-            },
+            // Each voter's Hedge weight, and its own accuracy on the labels joined
+            // while it voted, keyed by its name.
+            "weights": s.vote.weights_json(),
+            "accuracy": s.vote.accuracy_json(),
             "breaker": s.breaker.as_str(),
             "drift_active": s.drift_active,
             "drifts": s.drifts,

@@ -12,11 +12,11 @@
 //! that matter here, in this project's own form:
 //!
 //! - **Hoeffding trees.** A leaf keeps, per candidate feature and class, a weighted
-//!   Gaussian of the values it saw. Every [`GRACE`](tree::GRACE) weight it scores [`CANDIDATES`](leaf::CANDIDATES)
+//!   Gaussian of the values it saw. Every [`GRACE`] weight it scores [`CANDIDATES`]
 //!   thresholds per feature by information gain, estimating each side's class counts
 //!   from the Gaussians, and splits when the best split beats the runner-up by the
-//!   Hoeffding bound (confidence [`SPLIT_CONFIDENCE`](leaf::SPLIT_CONFIDENCE)) or the bound falls below
-//!   [`TIE_THRESHOLD`](leaf::TIE_THRESHOLD). Trees are scale-free: no standardiser is needed.
+//!   Hoeffding bound (confidence [`SPLIT_CONFIDENCE`]) or the bound falls below
+//!   [`TIE_THRESHOLD`]. Trees are scale-free: no standardiser is needed.
 //! - **Randomness for diversity.** Each leaf watches a random √d of the features, and
 //!   each tree learns every label with a Poisson([`POISSON_LAMBDA`]) weight (online
 //!   bagging; 0 skips it).
@@ -41,12 +41,19 @@
 //! forest: its trees, their bagging weights, their replacement on drift, and the
 //! voter's face to the ensemble. Each can be read, and is tested, without the
 //! others' detail.
+//!
+//! [`GRACE`]: tree::GRACE
+//! [`CANDIDATES`]: leaf::CANDIDATES
+//! [`SPLIT_CONFIDENCE`]: leaf::SPLIT_CONFIDENCE
+//! [`TIE_THRESHOLD`]: leaf::TIE_THRESHOLD
 
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Poisson};
+
+use super::ensemble::{Example, Row, Seat, Setup, Voter};
 
 mod leaf;
 mod stats;
@@ -57,6 +64,18 @@ mod tree;
 use leaf::Leaf;
 use stats::Gaussian;
 use tree::{Node, Tree};
+
+/// The voter's name in `/v1/status`.
+const NAME: &str = "forest";
+
+/// Takes the forest's seat in the ensemble (`engine.forest_voter`).
+pub(super) fn enlist(setup: &Setup<'_>) -> Seat {
+    if setup.config.forest_voter {
+        Seat::new(ForestVoter::new(setup.input_dim, setup.classes))
+    } else {
+        Seat::empty(NAME)
+    }
+}
 
 /// Trees in the forest.
 const TREES: usize = 10;
@@ -209,5 +228,26 @@ impl ForestVoter {
     #[cfg(test)]
     fn replaced(&self) -> u64 {
         self.state.lock().replaced
+    }
+}
+
+impl Voter for ForestVoter {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// The trees are walked only for a vote that counts: the forest learns nothing
+    /// from an unlabelled row.
+    fn vote(&self, row: &Row<'_>, counts: bool) -> Option<Vec<f32>> {
+        if counts {
+            ForestVoter::vote(self, row.features)
+        } else {
+            None
+        }
+    }
+
+    /// Each tree scores itself for its drift test, then learns with a Poisson weight.
+    fn learn(&self, example: &Example<'_>) {
+        ForestVoter::learn(self, example.features, example.label);
     }
 }
