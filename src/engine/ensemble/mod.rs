@@ -17,22 +17,27 @@
 //! [`Voter::vote`]. Likewise the model and the memory learn from the update log (the
 //! worker trains the network, the log feeds the memory in order), so their
 //! [`Voter::learn`] does nothing, while the linear voter and the forest learn in place.
+//! A voter's statistics (its Hedge weight, its accuracy on joined labels) are kept by
+//! its [`Seat`] here, not by the voter: they are measured the same way for every
+//! voter, from outside, and reported as [`VoterStats`].
 //!
 //! The rules of the vote (docs/ARCHITECTURE.md, section 1):
 //!
 //! - The first voter, the model, is the base: it votes on every row, and its answer
 //!   is the row's when the ensemble does not vote.
 //! - The ensemble votes only when every [`Voter::required`] voter votes: the
-//!   neighbours, without whom the row is cold start or fallback. Once one abstains,
-//!   the voters after it are told their vote will not count; they still see the row
-//!   (the linear voter's standardiser counts every row served) but skip the work of a
-//!   vote, and only the base's vote is kept.
+//!   neighbours, who abstain on cold start and fallback rows (no search) and when
+//!   the neighbours found carry no usable weight. Once one abstains, the voters
+//!   after it are told their vote will not count; they still see the row (the linear
+//!   voter's standardiser counts every row served) but skip the work of a vote, and
+//!   only the base's vote is kept.
 //! - Hedge learns from labelled feedback only, and only on rows the ensemble voted on
 //!   (on the others only the base voted, and Hedge needs two).
 //!
-//! Cost on the request path: one call per voter, and one vector per vote cast, which
-//! the pending map keeps for the label. The ensemble takes no lock of its own: Hedge's
-//! weights are atomics, and each voter guards its own state.
+//! Cost on the request path: one call per voter, one vector per vote cast (the
+//! pending map keeps them for the label) and one for the answer. The ensemble takes
+//! no lock of its own: Hedge's weights are atomics, and each voter guards its own
+//! state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
