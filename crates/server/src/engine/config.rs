@@ -35,11 +35,11 @@ pub struct EngineConfig {
     /// A third voter: an online softmax regression on the standardised input,
     /// trained on every label; Hedge gives it the share it earns. A linear boundary
     /// is learned faster this way than by the mini-batched network. Its standardiser
-    /// and step size are its own (`crates/server/src/engine/linear.rs`).
+    /// and step size are its own (`crates/server/src/engine/linear/`).
     pub linear_voter: bool,
     /// A fourth voter: an online random forest of Hoeffding trees on the raw input,
     /// trained on every label; it wins where classes follow axis-aligned rules
-    /// (`crates/server/src/engine/forest.rs`).
+    /// (`crates/server/src/engine/forest/`).
     pub forest_voter: bool,
     /// Neighbours consulted per vote.
     pub k: usize,

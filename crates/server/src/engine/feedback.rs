@@ -8,10 +8,8 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::vote::{KNN, loss, zero_one_loss};
+use super::ensemble::Example;
 use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
-use crate::config::HedgeLoss;
-use crate::model::argmax;
 
 /// What a label is attached to.
 #[derive(Debug, Clone)]
@@ -117,40 +115,18 @@ impl Engine {
             }
         };
 
-        // The linear voter learns from every label, in place (a few hundred flops).
-        if let Some(linear) = &self.linear {
-            linear.learn(&features, label as usize, joined.is_some());
-        }
-        // So does the forest (ten root-to-leaf walks and leaf updates).
-        if let Some(forest) = &self.forest {
-            forest.learn(&features, label as usize);
-        }
+        // The voters that learn in place do so from every label (the linear voter in
+        // a few hundred flops, the forest in ten root-to-leaf walks).
+        self.ensemble.learn(&Example {
+            features: &features,
+            label: label as usize,
+            served: joined.is_some(),
+        });
         if let Some((_, pending)) = joined {
-            let y = label as usize;
-            // The voters that voted on this prediction, in Hedge's order.
-            let voters = [
-                Some(pending.p_model.as_slice()),
-                pending.p_knn.as_deref(),
-                pending.p_lin.as_deref(),
-                pending.p_forest.as_deref(),
-            ];
-            if voters[KNN].is_some() {
-                let loss = match self.config.hedge_loss {
-                    HedgeLoss::ZeroOne => zero_one_loss,
-                    HedgeLoss::Absolute => loss,
-                };
-                self.hedge.update(voters.map(|p| p.map(|p| loss(p, y))));
-            }
+            // Hedge's step and each voter's score, from the votes of this prediction.
+            self.ensemble.score(&pending.votes, label as usize);
             if self.gate.observe_label(pending.predicted != label) {
                 self.on_drift();
-            }
-            for (i, p) in voters.iter().enumerate() {
-                if let Some(p) = p {
-                    self.stats.voter_scored[i].fetch_add(1, Ordering::Relaxed);
-                    if argmax(p).0 == y {
-                        self.stats.voter_correct[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
             }
             if pending.pseudo {
                 self.stats.pseudo_scored.fetch_add(1, Ordering::Relaxed);

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::ensemble::{Ballot, Row};
 use super::pending::log;
-use super::vote::{blend, knn_distribution};
 use super::{Engine, EngineError, PendingPrediction, Update, UpdateKind, check_finite};
 use crate::model::argmax;
 
@@ -67,10 +67,7 @@ struct Answer {
 
 /// The vote's outcome for one row.
 struct Decision {
-    probs: Vec<f32>,
-    p_knn: Option<Vec<f32>>,
-    p_lin: Option<Vec<f32>>,
-    p_forest: Option<Vec<f32>>,
+    ballot: Ballot,
     path: InferPath,
     neighbors_used: usize,
 }
@@ -124,19 +121,25 @@ impl Engine {
             let p_model = &out.probs[i * k..(i + 1) * k];
             let embedding = &out.embeddings[i * e..(i + 1) * e];
             let vote_started = Instant::now();
-            // The linear voter sees every row, whichever path answers it, so its
-            // standardiser counts all traffic.
-            let p_lin = self.linear.as_ref().and_then(|l| l.vote(&features));
-            let decision = self.decide(p_model, embedding, p_lin, &features);
+            let row = Row {
+                features: &features,
+                p_model,
+                neighbors: None,
+            };
+            let Decision {
+                ballot,
+                path,
+                neighbors_used,
+            } = self.decide(row, embedding);
             knn_us += vote_started.elapsed().as_micros() as u64;
-            let (label, confidence) = argmax(&decision.probs);
+            let (label, confidence) = argmax(&ballot.probs);
             let label = label as u32;
             let request_id = first_id + i as u64;
             let answer = Answer {
                 request_id,
                 label,
                 confidence,
-                path: decision.path,
+                path,
                 model_version: out.model_version,
             };
             let pseudo_update = self.maybe_learn(&answer, &features, embedding);
@@ -144,10 +147,7 @@ impl Engine {
             let pending = PendingPrediction {
                 features,
                 embedding: embedding.to_vec(),
-                p_model: p_model.to_vec(),
-                p_knn: decision.p_knn,
-                p_lin: decision.p_lin,
-                p_forest: decision.p_forest,
+                votes: ballot.votes,
                 predicted: label,
                 pseudo,
                 model_version: out.model_version,
@@ -164,9 +164,9 @@ impl Engine {
                 label,
                 label_name: labels.and_then(|l| l.get(label as usize).cloned()),
                 confidence,
-                probabilities: decision.probs,
-                path: decision.path,
-                neighbors_used: decision.neighbors_used,
+                probabilities: ballot.probs,
+                path,
+                neighbors_used,
                 update_enqueued,
             });
         }
@@ -181,20 +181,12 @@ impl Engine {
         })
     }
 
-    /// Cold start, the temporal vote, or the fallback for one row; `p_lin`, the linear
-    /// voter's answer, counts only in the vote, and the forest is asked only there.
-    fn decide(
-        &self,
-        p_model: &[f32],
-        embedding: &[f32],
-        p_lin: Option<Vec<f32>>,
-        features: &[f32],
-    ) -> Decision {
+    /// Cold start, the vote, or the fallback for one row. Every voter sees the row
+    /// whichever path answers it; on cold start and fallback no neighbours are found,
+    /// so the ensemble does not vote and the model answers alone.
+    fn decide(&self, row: Row<'_>, embedding: &[f32]) -> Decision {
         let model_only = |path| Decision {
-            probs: p_model.to_vec(),
-            p_knn: None,
-            p_lin: None,
-            p_forest: None,
+            ballot: self.ensemble.vote(&row),
             path,
             neighbors_used: 0,
         };
@@ -236,35 +228,13 @@ impl Engine {
         };
         self.breaker.success();
         self.stats.ensemble.fetch_add(1, Ordering::Relaxed);
-        let mut p_knn = vec![0.0; p_model.len()];
-        let total = knn_distribution(
-            &found.neighbors,
-            self.config.half_life,
-            self.config.neighbor_weight,
-            &mut p_knn,
-        );
-        if total <= 0.0 {
-            let mut d = model_only(InferPath::Ensemble);
-            d.neighbors_used = found.neighbors.len();
-            return d;
-        }
-        let p_forest = self.forest.as_ref().and_then(|f| f.vote(features));
-        let mut probs = vec![0.0; p_model.len()];
-        blend(
-            self.hedge.weights(),
-            [
-                Some(p_model),
-                Some(&p_knn),
-                p_lin.as_deref(),
-                p_forest.as_deref(),
-            ],
-            &mut probs,
-        );
+        // Neighbours with no usable weight abstain: the model then answers alone, on
+        // the ensemble path.
         Decision {
-            probs,
-            p_knn: Some(p_knn),
-            p_lin,
-            p_forest,
+            ballot: self.ensemble.vote(&Row {
+                neighbors: Some(&found.neighbors),
+                ..row
+            }),
             path: InferPath::Ensemble,
             neighbors_used: found.neighbors.len(),
         }

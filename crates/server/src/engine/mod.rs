@@ -1,10 +1,10 @@
 //! The request path: `infer_and_adapt` and labelled feedback.
 //!
 //! One [`Engine`] owns everything a request touches: the model thread's client, the
-//! k-NN memory, the adaptive vote, the confidence gate, the k-NN circuit breaker, the
-//! map of predictions awaiting labels, and the update sink. The HTTP layer only parses
-//! and maps errors; everything it calls is here, so benches and tests drive the same
-//! code in-process.
+//! k-NN memory, the ensemble of voters, the confidence gate, the k-NN circuit
+//! breaker, the map of predictions awaiting labels, and the update sink. The HTTP
+//! layer only parses and maps errors; everything it calls is here, so benches and
+//! tests drive the same code in-process.
 //!
 //! Nothing on this path does disk I/O or holds a lock across an await: the model
 //! answers over a oneshot, the memory search is a short synchronous call, and memory
@@ -12,13 +12,16 @@
 
 mod batcher;
 pub mod config;
+mod ensemble;
 mod error;
 mod feedback;
 mod forest;
 mod gate;
 pub mod ids;
 mod infer;
+mod knn_voter;
 mod linear;
+mod model_voter;
 pub mod pending;
 mod sink;
 #[cfg(test)]
@@ -38,18 +41,20 @@ use crate::model::Mlp;
 pub use crate::model::argmax;
 pub use crate::resilience::{BreakerState, CircuitBreaker};
 pub use batcher::{BatcherError, BatcherStats, ModelClient, ModelOutput, ModelThread};
+pub use ensemble::{Example, Row, VOTERS, VoteReport, Voter, VoterStats, Votes};
 pub use error::EngineError;
 pub use feedback::{FeedbackReceipt, FeedbackTarget, LabelRef};
 pub use forest::ForestVoter;
 pub use gate::{ConfidenceGate, PageHinkley};
 pub use ids::RequestIds;
 pub use infer::{InferPath, InferReply, Prediction, Timings};
+pub use knn_voter::knn_distribution;
 pub use linear::LinearVoter;
 pub use pending::{PendingMap, PendingPrediction};
 pub use sink::{
     LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory,
 };
-pub use vote::{FOREST, Hedge, KNN, LINEAR, MODEL, VOTERS, blend, knn_distribution, loss};
+pub use vote::{Hedge, blend, loss};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
 #[derive(Debug, Default)]
@@ -70,11 +75,6 @@ pub struct EngineStats {
     pub labels_correct: AtomicU64,
     /// Labelled feedbacks joined to a prediction (the denominator of the above).
     pub labels_scored: AtomicU64,
-    /// Per voter (model, neighbours, linear, forest): joined labels on which it voted, and
-    /// those its own top class got right. Tells an operator which voter earns its
-    /// Hedge weight.
-    pub voter_scored: [AtomicU64; VOTERS],
-    pub voter_correct: [AtomicU64; VOTERS],
     /// Joined labels whose prediction had become a pseudo-label, and those whose
     /// pseudo-label was right: the measured precision of the pseudo-labels.
     pub pseudo_scored: AtomicU64,
@@ -89,9 +89,10 @@ pub struct EngineStatus {
     pub experiences: usize,
     pub input_dim: usize,
     pub num_classes: usize,
+    /// The model's Hedge weight.
     pub lambda: f32,
-    /// Hedge's weights of the model, the neighbours, the linear voter and the forest.
-    pub weights: [f32; VOTERS],
+    /// Each voter's Hedge weight and accuracy.
+    pub vote: VoteReport,
     pub breaker: BreakerState,
     pub drift_active: bool,
     pub drifts: u64,
@@ -125,11 +126,8 @@ pub struct Engine {
     /// Keeps the model thread's owner alive as long as the engine.
     _model_thread: ModelThread,
     memory: Arc<Memory>,
-    hedge: Hedge,
-    /// The online linear voter (`engine.linear_voter`).
-    linear: Option<linear::LinearVoter>,
-    /// The online random forest voter (`engine.forest_voter`).
-    forest: Option<forest::ForestVoter>,
+    /// The voters and their Hedge weights.
+    ensemble: ensemble::Ensemble,
     gate: ConfidenceGate,
     /// The k-NN breaker: an HNSW problem must never fail a request, and should not
     /// slow every request either, so after `breaker_failures` consecutive errors or
@@ -172,26 +170,23 @@ impl Engine {
         let model = Arc::new(ArcSwap::from_pointee(model));
         let keyed_with = parking_lot::Mutex::new(model.load_full());
         let thread = ModelThread::spawn(model.clone(), batcher)?;
-        Ok(Self {
+        let ensemble = {
+            let m = model.load();
+            let setup = ensemble::Setup {
+                input_dim: m.input_dim(),
+                classes: m.num_classes(),
+                config: &config,
+            };
             // An untrained model starts at the floor: it has to earn its vote.
-            hedge: Hedge::new(
-                if neighbours_first(started_fresh, &config) {
-                    config.hedge_floor
-                } else {
-                    config.model_weight
-                },
-                config.hedge_eta,
-                config.hedge_floor,
-                [true, true, config.linear_voter, config.forest_voter],
-            ),
-            linear: config.linear_voter.then(|| {
-                let m = model.load();
-                linear::LinearVoter::new(m.input_dim(), m.num_classes())
-            }),
-            forest: config.forest_voter.then(|| {
-                let m = model.load();
-                forest::ForestVoter::new(m.input_dim(), m.num_classes())
-            }),
+            let model_weight = if neighbours_first(started_fresh, &config) {
+                config.hedge_floor
+            } else {
+                config.model_weight
+            };
+            ensemble::Ensemble::new(&setup, model_weight)
+        };
+        Ok(Self {
+            ensemble,
             gate: ConfidenceGate::new(
                 config.confidence_threshold,
                 config.pseudo_labels,
@@ -312,21 +307,17 @@ impl Engine {
     }
 
     /// A consistent-enough snapshot for `/v1/status` (each field is read atomically).
-    /// The voters' names, in the order of [`EngineStatus::weights`].
-    pub fn voter_names(&self) -> impl Iterator<Item = &'static str> {
-        ["model", "knn", "linear", "forest"].into_iter()
-    }
-
     pub fn status(&self) -> EngineStatus {
         let model = self.model.load();
+        let vote = self.ensemble.report();
         EngineStatus {
             model_version: model.version(),
             cold_start: self.in_cold_start(),
             experiences: self.memory.len(),
             input_dim: model.input_dim(),
             num_classes: model.num_classes(),
-            lambda: self.hedge.lambda(),
-            weights: self.hedge.weights(),
+            lambda: vote.lambda(),
+            vote,
             breaker: self.breaker.state(),
             drift_active: self.gate.drift_active(),
             drifts: self.gate.drifts(),

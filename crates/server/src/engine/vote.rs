@@ -1,77 +1,24 @@
-//! The temporal ensemble vote between the model, its neighbours, the linear voter and
-//! the forest, and the Hedge rule that sets their mix.
+//! The Hedge rule that sets the ensemble's mix, the blend it sets, and the losses it
+//! learns from.
 //!
-//! A neighbour's vote is `max(sim, 0) · 0.5^(age / half_life) · trust`: similar,
-//! recent and labelled experiences count most. Age is measured in experiences, not
-//! seconds, so the same stream behaves the same at 10 or 10 000 requests per second.
+//! The mix `p = Σ w_i·p_i` over the voters that voted (λ, the model's weight, is the
+//! first) is learned with Hedge (multiplicative weights) from each voter's loss on
+//! *labelled* feedback only: pseudo-labels are the ensemble's own guesses and would
+//! only reinforce it. Each weight is kept at or above a floor (fixed share) so that a
+//! voter that lost for a long stretch can win back within a few dozen labels after a
+//! drift.
 //!
-//! The mix `p = Σ w_i·p_i` over the voters that voted (λ is the model's weight) is
-//! learned with Hedge (multiplicative weights) from each voter's loss on *labelled*
-//! feedback only: pseudo-labels are the ensemble's own guesses and would only
-//! reinforce it. Each weight is kept at or above a floor (fixed share) so that a voter
-//! that lost for a long stretch can win back within a few dozen labels after a drift.
+//! Both work on fixed-size arrays, one slot per voter in the ensemble's order, so the
+//! request path reads the weights and blends without allocating.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use parking_lot::Mutex;
-
-use crate::config::NeighborWeight;
-use crate::knn::Neighbor;
 use crate::model::argmax;
-
-/// Keeps an exact duplicate's inverse-distance weight finite (it still dominates).
-const INVERSE_DISTANCE_EPS: f32 = 1e-3;
-
-/// Accumulates the k-NN class distribution of `neighbors` into `out` (length
-/// `num_classes`, overwritten) and returns the total vote weight. A zero total means
-/// the neighbours carry no usable vote and `out` is all zeros.
-pub fn knn_distribution(
-    neighbors: &[Neighbor],
-    half_life: f32,
-    weighting: NeighborWeight,
-    out: &mut [f32],
-) -> f32 {
-    out.fill(0.0);
-    let mut total = 0.0f32;
-    for n in neighbors {
-        let Some(slot) = out.get_mut(n.label as usize) else {
-            // A label beyond the model's classes cannot vote; stored experiences are
-            // validated, so this only guards against a model swap to fewer classes.
-            continue;
-        };
-        let decay = 0.5f32.powf(n.age as f32 / half_life);
-        let closeness = match weighting {
-            NeighborWeight::Similarity => n.similarity.max(0.0),
-            // Unit vectors: |a − b| = sqrt(2 − 2·cos).
-            NeighborWeight::InverseDistance => {
-                1.0 / ((2.0 - 2.0 * n.similarity).max(0.0).sqrt() + INVERSE_DISTANCE_EPS)
-            }
-        };
-        let w = closeness * decay * n.trust;
-        if w > 0.0 && w.is_finite() {
-            *slot += w;
-            total += w;
-        }
-    }
-    if total > 0.0 {
-        for v in out.iter_mut() {
-            *v /= total;
-        }
-    }
-    total
-}
-
-/// The voters, in the order of [`Hedge::weights`].
-pub const MODEL: usize = 0;
-pub const KNN: usize = 1;
-pub const LINEAR: usize = 2;
-pub const FOREST: usize = 3;
-/// How many voters there are.
-pub const VOTERS: usize = 4;
+use parking_lot::Mutex;
 
 /// Writes the weighted mix of the voters that voted (`Some`) into `out`, their
 /// weights renormalised over those present.
-pub fn blend(weights: [f32; VOTERS], voters: [Option<&[f32]>; VOTERS], out: &mut [f32]) {
+pub fn blend<const N: usize>(weights: [f32; N], voters: [Option<&[f32]>; N], out: &mut [f32]) {
     out.fill(0.0);
     let total: f32 = weights
         .iter()
@@ -91,32 +38,33 @@ pub fn blend(weights: [f32; VOTERS], voters: [Option<&[f32]>; VOTERS], out: &mut
     }
 }
 
-/// The voters' weights (model, neighbours, linear, forest), learned by Hedge. Reads are
+/// The weights of `N` voters, in the ensemble's order, learned by Hedge. Reads are
 /// lock-free (the request path); updates, one per labelled feedback, take a short
 /// mutex so read-modify-write stays exact. A reader may see weights from two
 /// adjacent updates mixed, which only shifts a vote by one update's step.
 #[derive(Debug)]
-pub struct Hedge {
+pub struct Hedge<const N: usize> {
     /// The weights as f32 bits; they sum to 1.
-    weights: [AtomicU32; VOTERS],
+    weights: [AtomicU32; N],
     /// Serialises updates; held only for a few float operations, never across await.
     update: Mutex<()>,
     eta: f32,
     floor: f32,
     /// Which voters exist (an absent one's weight stays 0).
-    enabled: [bool; VOTERS],
+    enabled: [bool; N],
 }
 
-impl Hedge {
-    /// The model starts at `model_weight`; the other `enabled` voters share the rest
-    /// equally. The model and the neighbours always exist.
-    pub fn new(model_weight: f32, eta: f32, floor: f32, mut enabled: [bool; VOTERS]) -> Self {
-        enabled[MODEL] = true;
-        enabled[KNN] = true;
+impl<const N: usize> Hedge<N> {
+    /// The first voter (the model) starts at `model_weight`; the other `enabled`
+    /// voters share the rest equally. The first always exists.
+    pub fn new(model_weight: f32, eta: f32, floor: f32, mut enabled: [bool; N]) -> Self {
+        if let Some(first) = enabled.first_mut() {
+            *first = true;
+        }
         let m = model_weight.clamp(floor, 1.0 - floor);
         let others = enabled.iter().filter(|&&e| e).count() as f32 - 1.0;
-        let start: [f32; VOTERS] = std::array::from_fn(|i| match i {
-            MODEL => m,
+        let start: [f32; N] = std::array::from_fn(|i| match i {
+            0 => m,
             _ if enabled[i] => (1.0 - m) / others,
             _ => 0.0,
         });
@@ -129,25 +77,24 @@ impl Hedge {
         }
     }
 
-    /// The current weights of the model, the neighbours, the linear voter and the
-    /// forest.
-    pub fn weights(&self) -> [f32; VOTERS] {
+    /// The current weights, in the ensemble's order.
+    pub fn weights(&self) -> [f32; N] {
         std::array::from_fn(|i| f32::from_bits(self.weights[i].load(Ordering::Relaxed)))
     }
 
-    /// The model's weight λ.
+    /// The model's weight λ (the first voter's).
     pub fn lambda(&self) -> f32 {
-        self.weights()[MODEL]
+        self.weights().first().copied().unwrap_or(0.0)
     }
 
     /// One Hedge step from the losses in `[0, 1]` of the voters that voted on a
     /// labelled sample. Absent voters keep their share; the present ones share theirs
     /// by `w·e^(−η·loss)`, each kept at or above the floor (fixed share), so a voter
     /// that lost for a long stretch can win back within a few dozen labels.
-    pub fn update(&self, losses: [Option<f32>; VOTERS]) {
+    pub fn update(&self, losses: [Option<f32>; N]) {
         let _guard = self.update.lock();
         let mut w = self.weights();
-        let present: Vec<usize> = (0..VOTERS)
+        let present: Vec<usize> = (0..N)
             .filter(|&i| losses[i].is_some() && self.enabled[i])
             .collect();
         if present.len() < 2 {
@@ -200,15 +147,11 @@ pub fn zero_one_loss(p: &[f32], label: usize) -> f32 {
 mod tests {
     use super::*;
 
-    fn n(label: u32, similarity: f32, age: u64, trust: f32) -> Neighbor {
-        Neighbor {
-            id: 0,
-            similarity,
-            label,
-            trust,
-            age,
-        }
-    }
+    /// The slots of the tests' four voters, in the ensemble's order.
+    const MODEL: usize = 0;
+    const KNN: usize = 1;
+    const LINEAR: usize = 2;
+    const FOREST: usize = 3;
 
     #[test]
     fn the_zero_one_loss_judges_the_decision_not_its_sharpness() {
@@ -218,79 +161,6 @@ mod tests {
         // The absolute loss would have preferred the sharp voter on a right answer.
         assert!(loss(&[0.4, 0.6], 1) > loss(&[0.0, 1.0], 1));
         assert_eq!(zero_one_loss(&[0.0, 1.0], 1), zero_one_loss(&[0.4, 0.6], 1));
-    }
-
-    #[test]
-    fn weights_follow_similarity_age_and_trust() {
-        let mut out = [0.0; 3];
-        // Label 0: sim 1, fresh, labelled -> 1.0. Label 1: sim 1 but one half-life old
-        // and pseudo (0.5) -> 0.25. Label 2: negative similarity -> 0.
-        let total = knn_distribution(
-            &[n(0, 1.0, 0, 1.0), n(1, 1.0, 100, 0.5), n(2, -0.3, 0, 1.0)],
-            100.0,
-            NeighborWeight::Similarity,
-            &mut out,
-        );
-        assert!((total - 1.25).abs() < 1e-6);
-        assert!((out[0] - 0.8).abs() < 1e-6);
-        assert!((out[1] - 0.2).abs() < 1e-6);
-        assert_eq!(out[2], 0.0);
-    }
-
-    #[test]
-    fn inverse_distance_lets_the_nearest_neighbour_dominate() {
-        let mut out = [0.0; 2];
-        // cos 0.98 is distance 0.2 (weight ~5), cos 0.5 is distance 1 (weight ~1):
-        // two far neighbours of class 1 lose to one near neighbour of class 0, where
-        // the cosine weights would let them win (0.98 < 0.5 + 0.5).
-        let neighbours = [n(0, 0.98, 0, 1.0), n(1, 0.5, 0, 1.0), n(1, 0.5, 0, 1.0)];
-        knn_distribution(
-            &neighbours,
-            100.0,
-            NeighborWeight::InverseDistance,
-            &mut out,
-        );
-        assert!(out[0] > 0.7, "{out:?}");
-        knn_distribution(&neighbours, 100.0, NeighborWeight::Similarity, &mut out);
-        assert!(out[0] < 0.5, "{out:?}");
-        // An exact duplicate and an opposite key both get a finite weight.
-        let total = knn_distribution(
-            &[n(0, 1.0, 0, 1.0), n(1, -1.0, 0, 1.0)],
-            100.0,
-            NeighborWeight::InverseDistance,
-            &mut out,
-        );
-        assert!(total.is_finite() && out[0] > 0.99, "{out:?}");
-    }
-
-    #[test]
-    fn zero_weight_gives_zero_total() {
-        let mut out = [0.5; 2];
-        let total = knn_distribution(
-            &[n(0, -1.0, 0, 1.0)],
-            10.0,
-            NeighborWeight::Similarity,
-            &mut out,
-        );
-        assert_eq!(total, 0.0);
-        assert_eq!(out, [0.0, 0.0]);
-        assert_eq!(
-            knn_distribution(&[], 10.0, NeighborWeight::Similarity, &mut out),
-            0.0
-        );
-    }
-
-    #[test]
-    fn out_of_range_labels_do_not_vote() {
-        let mut out = [0.0; 2];
-        let total = knn_distribution(
-            &[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)],
-            10.0,
-            NeighborWeight::Similarity,
-            &mut out,
-        );
-        assert!((total - 0.5).abs() < 1e-6);
-        assert_eq!(out, [0.0, 1.0]);
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub struct Memory {
     pub evicted: u64,
 }
 
-/// The ensemble vote: each voter's weight and accuracy, by name.
+/// The ensemble vote: each voter's weight and accuracy, by name, as the ensemble
+/// reports them ([`crate::engine::VoteReport`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Vote {
     pub lambda: f32,
@@ -301,12 +302,8 @@ impl Status {
             },
             vote: Vote {
                 lambda: s.lambda,
-                weights: engine.voter_names().zip(s.weights).collect(),
-                accuracy: engine
-                    .voter_names()
-                    .enumerate()
-                    .map(|(i, name)| (name, ratio(&e.voter_correct[i], &e.voter_scored[i])))
-                    .collect(),
+                weights: s.vote.weights(),
+                accuracy: s.vote.accuracies(),
                 breaker: s.breaker,
                 drift_active: s.drift_active,
                 drifts: s.drifts,

@@ -222,12 +222,13 @@ fn read(dir: &Path, ttl: Duration) -> Result<Recovered, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Votes;
     use crate::wal::FsyncPolicy;
 
     fn prediction(i: u32) -> PendingPrediction {
         PendingPrediction {
             features: vec![i as f32, 1.0],
-            p_model: vec![0.25, 0.75],
+            votes: Votes::model_only(vec![0.25, 0.75]),
             predicted: 1,
             model_version: 3,
             ..Default::default()

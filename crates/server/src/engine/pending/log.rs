@@ -12,19 +12,31 @@
 //! answered:   2 u8 | 0 u8 | 0 u16 | 0 u32 | id u64 | unix_ms u64
 //! ```
 //!
-//! `flags`: bit 0 the answer became a pseudo-label, bits 1–3 the neighbours, the
-//! linear voter and the forest voted (their distributions follow, in that order).
-//! The embedding is not kept: a restart recomputes it with the serving model.
+//! `flags`: bit 0 the answer became a pseudo-label; bit `i` ≥ 1 says voter `i` of
+//! the ensemble's registry voted: bits 1–3 the neighbours, the linear voter and the
+//! forest, whose distributions follow, in that order. The model's distribution is
+//! always there (it votes on every row). A voter added to the registry takes the next
+//! bit, so records written before it read the same. The embedding is not kept: a
+//! restart recomputes it with the serving model.
 
 use super::PendingPrediction;
+use crate::engine::{VOTERS, Votes};
 
 const PREDICTION: u8 = 1;
 const ANSWERED: u8 = 2;
 const PSEUDO: u8 = 1;
-const KNN: u8 = 2;
-const LINEAR: u8 = 4;
-const FOREST: u8 = 8;
 const HEAD: usize = 24;
+
+// Bit 0 is the pseudo-label's, so `flags` has room for the model and seven more.
+const _: () = assert!(VOTERS >= 1 && VOTERS <= 8);
+
+/// The flag saying voter `voter` (≥ 1) voted.
+fn voted(voter: usize) -> u8 {
+    1 << voter
+}
+
+/// Every voter's flag but the model's.
+const VOTED: u8 = ((1u16 << VOTERS) - 2) as u8;
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,12 +72,12 @@ pub fn unix_ms() -> u64 {
 
 /// The record of prediction `id`.
 pub fn encode_prediction(id: u64, unix_ms: u64, p: &PendingPrediction) -> Vec<u8> {
-    let k = p.p_model.len();
-    let voters = [(KNN, &p.p_knn), (LINEAR, &p.p_lin), (FOREST, &p.p_forest)];
+    let p_model = p.votes.get(0).unwrap_or_default();
+    let k = p_model.len();
     let mut flags = if p.pseudo { PSEUDO } else { 0 };
-    for (bit, dist) in voters {
+    for (voter, dist) in p.votes.iter().enumerate().skip(1) {
         if dist.is_some() {
-            flags |= bit;
+            flags |= voted(voter);
         }
     }
     let floats = p.features.len() + k * (1 + flags.count_ones() as usize);
@@ -74,8 +86,8 @@ pub fn encode_prediction(id: u64, unix_ms: u64, p: &PendingPrediction) -> Vec<u8
     out.extend_from_slice(&p.model_version.to_le_bytes());
     out.extend_from_slice(&(p.features.len() as u32).to_le_bytes());
     out.extend_from_slice(&(k as u32).to_le_bytes());
-    let dists = voters.into_iter().filter_map(|(_, d)| d.as_deref());
-    for v in p.features.iter().chain(&p.p_model).chain(dists.flatten()) {
+    let dists = p.votes.iter().skip(1).flatten();
+    for v in p.features.iter().chain(p_model).chain(dists.flatten()) {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
@@ -117,7 +129,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         return Err(RecordError::Short(bytes.len()));
     }
     let (d, k) = (u32_at(HEAD + 8) as usize, u32_at(HEAD + 12) as usize);
-    let dists = 1 + (flags & (KNN | LINEAR | FOREST)).count_ones() as usize;
+    let dists = 1 + (flags & VOTED).count_ones() as usize;
     let declared = d
         .checked_add(k.saturating_mul(dists))
         .map_or(usize::MAX, |n| n.saturating_mul(4));
@@ -133,19 +145,19 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     let mut take = |n: usize| floats.by_ref().take(n).collect::<Vec<f32>>();
     let features = take(d);
-    let p_model = take(k);
-    let mut voted = |bit: u8| (flags & bit != 0).then(|| take(k));
-    let (p_knn, p_lin, p_forest) = (voted(KNN), voted(LINEAR), voted(FOREST));
+    let mut votes: [Option<Vec<f32>>; VOTERS] = Default::default();
+    for (voter, slot) in votes.iter_mut().enumerate() {
+        if voter == 0 || flags & voted(voter) != 0 {
+            *slot = Some(take(k));
+        }
+    }
     Ok(Record::Prediction {
         id,
         unix_ms,
         prediction: PendingPrediction {
             features,
             embedding: Vec::new(),
-            p_model,
-            p_knn,
-            p_lin,
-            p_forest,
+            votes: Votes::from(votes),
             predicted: u32_at(4),
             pseudo: flags & PSEUDO != 0,
             model_version: u64_at(HEAD),
@@ -168,11 +180,15 @@ mod tests {
                                   pseudo: bool,
                                   features in proptest::collection::vec(-1e6f32..1e6, 0..20),
                                   p_model in dist(),
-                                  p_knn in proptest::option::of(dist()),
-                                  p_lin in proptest::option::of(dist()),
-                                  p_forest in proptest::option::of(dist())) {
+                                  others in proptest::collection::vec(
+                                      proptest::option::of(dist()), VOTERS - 1)) {
+            let mut votes: [Option<Vec<f32>>; VOTERS] = Default::default();
+            votes[0] = Some(p_model);
+            for (slot, vote) in votes[1..].iter_mut().zip(others) {
+                *slot = vote;
+            }
             let p = PendingPrediction {
-                features, embedding: Vec::new(), p_model, p_knn, p_lin, p_forest,
+                features, embedding: Vec::new(), votes: Votes::from(votes),
                 predicted, pseudo, model_version: version,
             };
             let bytes = encode_prediction(id, unix_ms, &p);
@@ -184,6 +200,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_prediction_record_keeps_its_layout() {
+        // Records outlive the binary that wrote them: a restart after an upgrade must
+        // read them as written. Pseudo, the neighbours absent, the linear voter and
+        // the forest present: flags 1 | 4 | 8.
+        let mut votes: [Option<Vec<f32>>; VOTERS] = Default::default();
+        votes[0] = Some(vec![0.25, 0.75]);
+        votes[2] = Some(vec![0.5, 0.5]);
+        votes[3] = Some(vec![1.0, 0.0]);
+        let p = PendingPrediction {
+            features: vec![1.5],
+            embedding: vec![9.0],
+            votes: Votes::from(votes),
+            predicted: 1,
+            pseudo: true,
+            model_version: 7,
+        };
+        let mut want = vec![PREDICTION, 0b1101, 0, 0];
+        want.extend_from_slice(&1u32.to_le_bytes());
+        for v in [3u64, 11, 7] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        for v in [1.5f32, 0.25, 0.75, 0.5, 0.5, 1.0, 0.0] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(encode_prediction(3, 11, &p), want);
     }
 
     #[test]

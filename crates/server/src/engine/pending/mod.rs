@@ -1,7 +1,8 @@
 //! Predictions awaiting their delayed label, keyed by `request_id`.
 //!
 //! `/v1/feedback {request_id, label}` joins a label to what the server saw and said:
-//! the features, the embedding, and each voter's distribution (for the Hedge update).
+//! the features, the embedding, and each voter's distribution (for the Hedge update
+//! and the voters' scores).
 //! The map is bounded twice, by a TTL and by a capacity, so that clients who never
 //! send labels cannot grow it; the oldest entry goes first and each eviction is
 //! counted.
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::Votes;
+
 /// What a later label needs from its prediction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PendingPrediction {
@@ -26,14 +29,8 @@ pub struct PendingPrediction {
     pub features: Vec<f32>,
     /// The model's embedding of them.
     pub embedding: Vec<f32>,
-    /// The model's distribution.
-    pub p_model: Vec<f32>,
-    /// The neighbours' distribution, when they voted.
-    pub p_knn: Option<Vec<f32>>,
-    /// The linear voter's distribution, when it voted.
-    pub p_lin: Option<Vec<f32>>,
-    /// The forest's distribution, when it voted.
-    pub p_forest: Option<Vec<f32>>,
+    /// Each voter's distribution, where it voted (the model's always).
+    pub votes: Votes,
     /// The label the server answered.
     pub predicted: u32,
     /// Whether the confidence gate admitted the answer as a pseudo-label (its
@@ -204,13 +201,11 @@ fn heap_bytes(p: &PendingPrediction) -> u64 {
             v.capacity() * 4 + ALLOC
         }
     };
-    let dists = [&p.p_knn, &p.p_lin, &p.p_forest];
     let bytes = std::mem::size_of::<Entry>()
         + ALLOC
         + vec(&p.features)
         + vec(&p.embedding)
-        + vec(&p.p_model)
-        + dists.into_iter().flatten().map(vec).sum::<usize>();
+        + p.votes.vecs().map(vec).sum::<usize>();
     bytes as u64
 }
 
@@ -226,10 +221,7 @@ mod tests {
         PendingPrediction {
             features: vec![1.0],
             embedding: vec![1.0],
-            p_model: vec![1.0],
-            p_knn: None,
-            p_lin: None,
-            p_forest: None,
+            votes: Votes::model_only(vec![1.0]),
             predicted: label,
             pseudo: false,
             model_version: 0,

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::engine::pending::log;
-use crate::engine::{PendingPrediction, UpdateKind};
+use crate::engine::{PendingPrediction, UpdateKind, Votes};
 use crate::knn::MemoryConfig;
 use crate::wal::{FsyncPolicy, WalConfig};
 
@@ -128,7 +128,7 @@ async fn logged_updates_feed_the_memory_in_order_and_labels_answer_their_predict
     let pipeline = start_with(dir.path(), 16, memory.clone());
     let prediction = PendingPrediction {
         features: vec![1.0; 4],
-        p_model: vec![1.0],
+        votes: Votes::model_only(vec![1.0]),
         ..Default::default()
     };
     let keyed = |origin, kind, key: [f32; 2]| Update {

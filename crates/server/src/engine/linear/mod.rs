@@ -31,9 +31,31 @@
 //!   per vote and per label, a few hundred for a typical tabular stream.
 //!
 //! One mutex guards the lot; it is held for those few hundred flops and never across
-//! an await.
+//! an await. The standardiser has a module of its own (`standardiser`).
+//!
+//! [`NORM_WINDOW`]: standardiser::NORM_WINDOW
+//! [`NORM_WARMUP`]: standardiser::NORM_WARMUP
+//! [`Z_LIMIT`]: standardiser::Z_LIMIT
 
 use parking_lot::Mutex;
+
+use super::ensemble::{Example, Row, Seat, Setup, Voter};
+
+mod standardiser;
+
+use standardiser::Standardiser;
+
+/// The voter's name in `/v1/status`.
+const NAME: &str = "linear";
+
+/// Takes the linear voter's seat in the ensemble (`engine.linear_voter`).
+pub(super) fn enlist(setup: &Setup<'_>) -> Seat {
+    if setup.config.linear_voter {
+        Seat::new(LinearVoter::new(setup.input_dim, setup.classes))
+    } else {
+        Seat::empty(NAME)
+    }
+}
 
 /// A step rule for one weight set.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,75 +77,11 @@ const STEPS: [Step; 4] = [
 /// Half-life, in labels, of the log loss that picks the answering rule.
 const LOSS_HALF_LIFE: f32 = 500.0;
 
-/// Standardised values beyond this many standard deviations are clamped.
-const Z_LIMIT: f32 = 10.0;
-
 /// Keeps `ln p` finite for a class given probability 0.
 const MIN_PROB: f32 = 1e-6;
 
-/// Rows after which the standardiser's update rate stops falling (1/n before).
-const NORM_WINDOW: f64 = 1000.0;
-
-/// Rows the standardiser counts before it clamps outliers.
-const NORM_WARMUP: f64 = 30.0;
-
 /// Keeps AdaGrad's step finite when the summed squared gradient is tiny.
 const ADAGRAD_EPS: f32 = 1e-6;
-
-/// Running mean and variance of each feature, in f64 so a long stream of large values
-/// keeps its precision.
-#[derive(Debug)]
-struct Standardiser {
-    count: f64,
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    /// The smallest and largest value counted, per feature.
-    low: Vec<f64>,
-    high: Vec<f64>,
-}
-
-impl Standardiser {
-    fn observe(&mut self, x: &[f32]) {
-        self.count += 1.0;
-        let rate = (1.0 / self.count).max(1.0 / NORM_WINDOW);
-        let clamp = self.count > NORM_WARMUP;
-        for (i, &v) in x.iter().enumerate() {
-            let (m, var) = (&mut self.mean[i], &mut self.var[i]);
-            let (low, high) = (&mut self.low[i], &mut self.high[i]);
-            let mut v = f64::from(v);
-            if clamp {
-                // A feature constant so far has no deviation: its own size, or 1 for
-                // a constant 0, stands in, so it can still start to vary.
-                let sd = var.sqrt();
-                let scale = if sd > 0.0 { sd } else { m.abs().max(1.0) };
-                let reach = f64::from(Z_LIMIT) * scale;
-                v = v.clamp(*low - reach, *high + reach);
-            }
-            *low = low.min(v);
-            *high = high.max(v);
-            let delta = v - *m;
-            *m += rate * delta;
-            *var = (1.0 - rate) * (*var + rate * delta * delta);
-        }
-    }
-
-    /// `x` standardised, clamped, with the bias 1 appended. Before two rows there is
-    /// no spread to divide by, and every feature reads 0.
-    fn standardise(&self, x: &[f32]) -> Vec<f32> {
-        let mut z = Vec::with_capacity(x.len() + 1);
-        for ((m, var), &v) in self.mean.iter().zip(&self.var).zip(x) {
-            let sd = if self.count >= 2.0 { var.sqrt() } else { 0.0 };
-            let value = if sd > 0.0 {
-                ((f64::from(v) - m) / sd) as f32
-            } else {
-                0.0
-            };
-            z.push(value.clamp(-Z_LIMIT, Z_LIMIT));
-        }
-        z.push(1.0);
-        z
-    }
-}
 
 /// One weight set and its step rule.
 #[derive(Debug)]
@@ -164,6 +122,8 @@ impl Learner {
     /// place. `z` is finite and clamped to ±[`Z_LIMIT`], so every step is bounded
     /// (at most `0.05 × Z_LIMIT` for SGD, the step size for AdaGrad) and the weights
     /// stay finite.
+    ///
+    /// [`Z_LIMIT`]: standardiser::Z_LIMIT
     fn learn(&mut self, z: &[f32], label: usize, decay: f32) {
         let p = self.predict(z);
         self.loss = self.loss * decay - p[label].max(MIN_PROB).ln();
@@ -240,13 +200,7 @@ impl LinearVoter {
         let len = classes * (input_dim + 1);
         Self {
             state: Mutex::new(State {
-                standardiser: Standardiser {
-                    count: 0.0,
-                    mean: vec![0.0; input_dim],
-                    var: vec![0.0; input_dim],
-                    low: vec![f64::INFINITY; input_dim],
-                    high: vec![f64::NEG_INFINITY; input_dim],
-                },
+                standardiser: Standardiser::new(input_dim),
                 learners: STEPS.iter().map(|&s| Learner::new(s, len)).collect(),
                 labels: 0,
             }),
@@ -271,9 +225,17 @@ impl LinearVoter {
         Some(state.mixture(&z))
     }
 
+    /// Adds `x` (raw, finite features) to the standardiser without voting: a row the
+    /// ensemble does not vote on still counts in the scale.
+    pub fn observe(&self, x: &[f32]) {
+        if x.len() == self.input_dim {
+            self.state.lock().standardiser.observe(x);
+        }
+    }
+
     /// Learns `label` for `x` (raw, finite features). `seen` says whether `x` went
-    /// through [`Self::vote`] already; a labelled example sent whole has not, and is
-    /// added to the standardiser here.
+    /// through [`Self::vote`] or [`Self::observe`] already (it was served); a labelled
+    /// example sent whole has not, and is added to the standardiser here.
     pub fn learn(&self, x: &[f32], label: usize, seen: bool) {
         if x.len() != self.input_dim || label >= self.classes {
             return;
@@ -295,6 +257,28 @@ impl LinearVoter {
     }
 }
 
+impl Voter for LinearVoter {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Every row served feeds the standardiser; the mixture is worked out only for a
+    /// vote that counts.
+    fn vote(&self, row: &Row<'_>, counts: bool) -> Option<Vec<f32>> {
+        if counts {
+            LinearVoter::vote(self, row.features)
+        } else {
+            self.observe(row.features);
+            None
+        }
+    }
+
+    /// One step per rule, in place.
+    fn learn(&self, example: &Example<'_>) {
+        LinearVoter::learn(self, example.features, example.label, example.served);
+    }
+}
+
 fn softmax(mut logits: Vec<f32>) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0;
@@ -310,6 +294,7 @@ fn softmax(mut logits: Vec<f32>) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::standardiser::Z_LIMIT;
     use super::*;
 
     /// A deterministic uniform draw in [-2, 2).
@@ -451,27 +436,5 @@ mod tests {
         assert_eq!(z, vec![Z_LIMIT, 1.0]);
         let after = threshold_accuracy(&v, &mut next);
         assert!(after > before - 0.05, "{before} -> {after}");
-    }
-
-    #[test]
-    fn a_rare_category_counts_as_it_is() {
-        // A 0/1-style feature: 1.0, and -1.0 one row in 500 (about 22 deviations below
-        // the mean). Clamping around the mean would cut the rare value to a tenth of
-        // its distance and shrink the variance each time it came; clamping beyond the
-        // range seen leaves it alone.
-        let mut s = Standardiser {
-            count: 0.0,
-            mean: vec![0.0],
-            var: vec![0.0],
-            low: vec![f64::INFINITY],
-            high: vec![f64::NEG_INFINITY],
-        };
-        for i in 0..5000 {
-            s.observe(&[if i % 500 == 250 { -1.0 } else { 1.0 }]);
-        }
-        assert_eq!((s.low[0], s.high[0]), (-1.0, 1.0));
-        // 4 * 0.002 * 0.998 = 0.008 exactly; the exponential window holds two rare
-        // rows, so the estimate is rough, but not the ~0.0003 of a clamped one.
-        assert!(s.var[0] > 0.004, "{}", s.var[0]);
     }
 }
