@@ -18,9 +18,7 @@ use adaptserve_core::settings::InvalidSetting;
 
 pub use crate::alerts::config::{AlertConfig, WebhookConfig, WebhookFormat};
 pub use crate::app::config::{Secret, ServerConfig};
-pub use crate::engine::config::{
-    BatcherConfig, EngineConfig, FreshModel, HedgeLoss, NeighborWeight,
-};
+pub use crate::engine::config::{BatcherConfig, EngineConfig, FreshModel};
 pub use crate::knn::{KeyChoice, MemoryConfig};
 pub use crate::monitor::config::MonitorConfig;
 pub use crate::update::WorkerConfig;

@@ -24,14 +24,13 @@ pub struct EngineConfig {
     pub bootstrap_priority: f32,
     /// Starting weight λ of the model in the vote; Hedge adapts it from labelled feedback.
     pub model_weight: f32,
-    /// Hedge learning rate η: how fast λ follows the voters' recent losses.
+    /// Hedge learning rate η: how fast λ follows the voters' recent losses. The loss
+    /// is each voter's zero-one loss (was its top class right?); the absolute loss
+    /// `1 − p[label]`, tried in QUALITY.md, handed the vote to the sharpest voter.
     pub hedge_eta: f32,
     /// Floor on either voter's share, so that a voter that lost for a while can win
     /// back quickly after a drift (fixed-share Hedge).
     pub hedge_floor: f32,
-    /// The voters' loss Hedge learns from: `zero_one` (was its top class right?) or
-    /// `absolute` (1 − p[label]).
-    pub hedge_loss: HedgeLoss,
     /// A third voter: an online softmax regression on the standardised input,
     /// trained on every label; Hedge gives it the share it earns. A linear boundary
     /// is learned faster this way than by the mini-batched network. Its standardiser
@@ -43,11 +42,9 @@ pub struct EngineConfig {
     pub forest_voter: bool,
     /// Neighbours consulted per vote.
     pub k: usize,
-    /// How closeness turns into vote weight: `similarity` (the cosine, negatives
-    /// dropped) or `inverse_distance` (1 / Euclidean distance between the unit keys,
-    /// sharper: the nearest neighbours dominate, as in River's weighted kNN).
-    pub neighbor_weight: NeighborWeight,
-    /// Age, in experiences, at which a neighbour's vote weight halves.
+    /// Age, in experiences, at which a neighbour's vote weight halves. Closeness
+    /// weighs by the inverse Euclidean distance between the unit keys, as River's
+    /// weighted kNN does.
     pub half_life: f32,
     /// A k-NN search slower than this counts as a failure and the model answers alone.
     pub knn_timeout_us: u64,
@@ -91,11 +88,9 @@ impl Default for EngineConfig {
             model_weight: 0.5,
             hedge_eta: 0.2,
             hedge_floor: 0.05,
-            hedge_loss: HedgeLoss::ZeroOne,
             linear_voter: true,
             forest_voter: true,
             k: 5,
-            neighbor_weight: NeighborWeight::InverseDistance,
             half_life: 500.0,
             knn_timeout_us: 5_000,
             breaker_failures: 5,
@@ -144,22 +139,6 @@ impl EngineConfig {
         positive("engine.pending_ttl_secs", e.pending_ttl_secs as usize)?;
         Ok(())
     }
-}
-
-/// See [`EngineConfig::neighbor_weight`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NeighborWeight {
-    Similarity,
-    InverseDistance,
-}
-
-/// See [`EngineConfig::hedge_loss`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HedgeLoss {
-    ZeroOne,
-    Absolute,
 }
 
 /// See [`EngineConfig::fresh_model`].

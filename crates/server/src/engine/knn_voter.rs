@@ -1,8 +1,9 @@
 //! The k-NN memory as a voter: the neighbours' class distribution for a row.
 //!
-//! A neighbour's vote is `max(sim, 0) · 0.5^(age / half_life) · trust` (or, with
-//! `neighbor_weight = "inverse_distance"`, the inverse distance in place of the
-//! similarity): similar, recent and labelled experiences count most. Age is measured
+//! A neighbour's vote is `1 / distance · 0.5^(age / half_life) · trust`: near,
+//! recent and labelled experiences count most. The inverse distance replaced the
+//! cosine similarity once it matched River's weighted kNN on the drift streams
+//! (QUALITY.md, second round); the cosine is no longer offered. Age is measured
 //! in experiences, not seconds, so the same stream behaves the same at 10 or 10 000
 //! requests per second.
 //!
@@ -17,7 +18,6 @@
 //! section 2).
 
 use super::ensemble::{Example, Row, Seat, Setup, Voter};
-use crate::config::NeighborWeight;
 use crate::knn::Neighbor;
 
 /// The voter's name in `/v1/status`.
@@ -27,7 +27,6 @@ const NAME: &str = "knn";
 pub(super) fn enlist(setup: &Setup<'_>) -> Seat {
     Seat::new(KnnVoter {
         half_life: setup.config.half_life,
-        weighting: setup.config.neighbor_weight,
     })
 }
 
@@ -36,7 +35,6 @@ pub(super) fn enlist(setup: &Setup<'_>) -> Seat {
 pub struct KnnVoter {
     /// Age, in experiences, at which a neighbour's weight halves.
     half_life: f32,
-    weighting: NeighborWeight,
 }
 
 impl Voter for KnnVoter {
@@ -49,7 +47,7 @@ impl Voter for KnnVoter {
     fn vote(&self, row: &Row<'_>, _counts: bool) -> Option<Vec<f32>> {
         let neighbors = row.neighbors?;
         let mut p = vec![0.0; row.classes()];
-        let total = knn_distribution(neighbors, self.half_life, self.weighting, &mut p);
+        let total = knn_distribution(neighbors, self.half_life, &mut p);
         (total > 0.0).then_some(p)
     }
 
@@ -67,12 +65,7 @@ const INVERSE_DISTANCE_EPS: f32 = 1e-3;
 /// Accumulates the k-NN class distribution of `neighbors` into `out` (length
 /// `num_classes`, overwritten) and returns the total vote weight. A zero total means
 /// the neighbours carry no usable vote and `out` is all zeros.
-pub fn knn_distribution(
-    neighbors: &[Neighbor],
-    half_life: f32,
-    weighting: NeighborWeight,
-    out: &mut [f32],
-) -> f32 {
+pub fn knn_distribution(neighbors: &[Neighbor], half_life: f32, out: &mut [f32]) -> f32 {
     out.fill(0.0);
     let mut total = 0.0f32;
     for n in neighbors {
@@ -82,13 +75,8 @@ pub fn knn_distribution(
             continue;
         };
         let decay = 0.5f32.powf(n.age as f32 / half_life);
-        let closeness = match weighting {
-            NeighborWeight::Similarity => n.similarity.max(0.0),
-            // Unit vectors: |a − b| = sqrt(2 − 2·cos).
-            NeighborWeight::InverseDistance => {
-                1.0 / ((2.0 - 2.0 * n.similarity).max(0.0).sqrt() + INVERSE_DISTANCE_EPS)
-            }
-        };
+        // Unit vectors: |a − b| = sqrt(2 − 2·cos).
+        let closeness = 1.0 / ((2.0 - 2.0 * n.similarity).max(0.0).sqrt() + INVERSE_DISTANCE_EPS);
         let w = closeness * decay * n.trust;
         if w > 0.0 && w.is_finite() {
             *slot += w;
@@ -118,75 +106,54 @@ mod tests {
     }
 
     #[test]
-    fn weights_follow_similarity_age_and_trust() {
+    fn weights_follow_distance_age_and_trust() {
         let mut out = [0.0; 3];
-        // Label 0: sim 1, fresh, labelled -> 1.0. Label 1: sim 1 but one half-life old
-        // and pseudo (0.5) -> 0.25. Label 2: negative similarity -> 0.
+        // Label 0: near (cos 0.98 is distance 0.2), fresh, labelled. Label 1: as near,
+        // one half-life old and pseudo (trust 0.5): a quarter of label 0's weight.
+        // Label 2: the opposite key (distance 2): the smallest weight, still positive.
         let total = knn_distribution(
-            &[n(0, 1.0, 0, 1.0), n(1, 1.0, 100, 0.5), n(2, -0.3, 0, 1.0)],
+            &[n(0, 0.98, 0, 1.0), n(1, 0.98, 100, 0.5), n(2, -1.0, 0, 1.0)],
             100.0,
-            NeighborWeight::Similarity,
             &mut out,
         );
-        assert!((total - 1.25).abs() < 1e-6);
-        assert!((out[0] - 0.8).abs() < 1e-6);
-        assert!((out[1] - 0.2).abs() < 1e-6);
-        assert_eq!(out[2], 0.0);
+        let near = 1.0 / (0.2 + INVERSE_DISTANCE_EPS);
+        let far = 1.0 / (2.0 + INVERSE_DISTANCE_EPS);
+        assert!((total - (1.25 * near + far)).abs() < 1e-3, "{total}");
+        assert!((out[0] / out[1] - 4.0).abs() < 1e-3, "{out:?}");
+        assert!((out[2] - far / total).abs() < 1e-6, "{out:?}");
     }
 
     #[test]
-    fn inverse_distance_lets_the_nearest_neighbour_dominate() {
+    fn the_nearest_neighbour_dominates() {
         let mut out = [0.0; 2];
         // cos 0.98 is distance 0.2 (weight ~5), cos 0.5 is distance 1 (weight ~1):
-        // two far neighbours of class 1 lose to one near neighbour of class 0, where
-        // the cosine weights would let them win (0.98 < 0.5 + 0.5).
+        // two far neighbours of class 1 lose to one near neighbour of class 0.
         let neighbours = [n(0, 0.98, 0, 1.0), n(1, 0.5, 0, 1.0), n(1, 0.5, 0, 1.0)];
-        knn_distribution(
-            &neighbours,
-            100.0,
-            NeighborWeight::InverseDistance,
-            &mut out,
-        );
+        knn_distribution(&neighbours, 100.0, &mut out);
         assert!(out[0] > 0.7, "{out:?}");
-        knn_distribution(&neighbours, 100.0, NeighborWeight::Similarity, &mut out);
-        assert!(out[0] < 0.5, "{out:?}");
         // An exact duplicate and an opposite key both get a finite weight.
-        let total = knn_distribution(
-            &[n(0, 1.0, 0, 1.0), n(1, -1.0, 0, 1.0)],
-            100.0,
-            NeighborWeight::InverseDistance,
-            &mut out,
-        );
+        let total = knn_distribution(&[n(0, 1.0, 0, 1.0), n(1, -1.0, 0, 1.0)], 100.0, &mut out);
         assert!(total.is_finite() && out[0] > 0.99, "{out:?}");
     }
 
     #[test]
     fn zero_weight_gives_zero_total() {
         let mut out = [0.5; 2];
-        let total = knn_distribution(
-            &[n(0, -1.0, 0, 1.0)],
-            10.0,
-            NeighborWeight::Similarity,
-            &mut out,
-        );
+        // An experience with no trust carries no vote.
+        let total = knn_distribution(&[n(0, 0.9, 0, 0.0)], 10.0, &mut out);
         assert_eq!(total, 0.0);
         assert_eq!(out, [0.0, 0.0]);
-        assert_eq!(
-            knn_distribution(&[], 10.0, NeighborWeight::Similarity, &mut out),
-            0.0
-        );
+        assert_eq!(knn_distribution(&[], 10.0, &mut out), 0.0);
     }
 
     #[test]
     fn out_of_range_labels_do_not_vote() {
         let mut out = [0.0; 2];
-        let total = knn_distribution(
-            &[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)],
-            10.0,
-            NeighborWeight::Similarity,
-            &mut out,
+        let total = knn_distribution(&[n(5, 1.0, 0, 1.0), n(1, 0.5, 0, 1.0)], 10.0, &mut out);
+        assert!(
+            (total - 1.0 / (1.0 + INVERSE_DISTANCE_EPS)).abs() < 1e-6,
+            "{total}"
         );
-        assert!((total - 0.5).abs() < 1e-6);
         assert_eq!(out, [0.0, 1.0]);
     }
 }

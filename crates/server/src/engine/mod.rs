@@ -54,7 +54,7 @@ pub use pending::{PendingMap, PendingPrediction};
 pub use sink::{
     LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory,
 };
-pub use vote::{Hedge, blend, loss};
+pub use vote::{Hedge, blend};
 
 /// Counters of the request path; read by `/v1/status` and the metrics.
 #[derive(Debug, Default)]

@@ -130,11 +130,6 @@ impl<const N: usize> Hedge<N> {
     }
 }
 
-/// The loss of a voter's distribution on the true label: `1 − p[label]`, in `[0, 1]`.
-pub fn loss(p: &[f32], label: usize) -> f32 {
-    (1.0 - p.get(label).copied().unwrap_or(0.0)).clamp(0.0, 1.0)
-}
-
 /// 0 if the distribution's top class is `label`, else 1: the loss of the voter's
 /// decision. Unlike [`loss`] it does not favour a voter for being sharp: a k-NN vote
 /// is often all on one class, a model's softmax rarely, and the absolute loss would
@@ -158,8 +153,6 @@ mod tests {
         // A soft right answer loses nothing; a sharp wrong one loses 1.
         assert_eq!(zero_one_loss(&[0.4, 0.6], 1), 0.0);
         assert_eq!(zero_one_loss(&[1.0, 0.0], 1), 1.0);
-        // The absolute loss would have preferred the sharp voter on a right answer.
-        assert!(loss(&[0.4, 0.6], 1) > loss(&[0.0, 1.0], 1));
         assert_eq!(zero_one_loss(&[0.0, 1.0], 1), zero_one_loss(&[0.4, 0.6], 1));
     }
 
@@ -237,9 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn argmax_and_loss() {
+    fn argmax_finds_the_top_class() {
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), (1, 0.7));
-        assert!((loss(&[0.1, 0.7, 0.2], 1) - 0.3).abs() < 1e-6);
-        assert_eq!(loss(&[0.1], 4), 1.0);
     }
 }

@@ -42,9 +42,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::vote::{Hedge, blend, loss, zero_one_loss};
+use super::vote::{Hedge, blend, zero_one_loss};
 use super::{forest, knn_voter, linear, model_voter};
-use crate::config::{EngineConfig, HedgeLoss};
+use crate::config::EngineConfig;
 use crate::knn::Neighbor;
 use crate::model::argmax;
 
@@ -214,8 +214,6 @@ pub struct Ballot {
 pub struct Ensemble {
     seats: [Seat; VOTERS],
     hedge: Hedge<VOTERS>,
-    /// The voters' loss Hedge learns from (`engine.hedge_loss`).
-    loss: fn(&[f32], usize) -> f32,
 }
 
 impl Ensemble {
@@ -231,10 +229,6 @@ impl Ensemble {
         let enabled = seats.each_ref().map(|s| s.voter.is_some());
         Self {
             hedge: Hedge::new(model_weight, config.hedge_eta, config.hedge_floor, enabled),
-            loss: match config.hedge_loss {
-                HedgeLoss::ZeroOne => zero_one_loss,
-                HedgeLoss::Absolute => loss,
-            },
             seats,
         }
     }
@@ -281,7 +275,7 @@ impl Ensemble {
     /// Hedge step, and each voter's score.
     pub fn score(&self, votes: &Votes, label: usize) {
         self.hedge.update(std::array::from_fn(|i| {
-            votes.get(i).map(|p| (self.loss)(p, label))
+            votes.get(i).map(|p| zero_one_loss(p, label))
         }));
         for (seat, vote) in self.seats.iter().zip(votes.iter()) {
             if let Some(p) = vote {
