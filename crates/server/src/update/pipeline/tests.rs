@@ -1,5 +1,7 @@
 //! The writer thread against a real WAL, ring and memory.
 
+use std::time::Duration;
+
 use super::*;
 use crate::engine::pending::log;
 use crate::engine::{PendingPrediction, UpdateKind, Votes};
