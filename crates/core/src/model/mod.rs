@@ -40,6 +40,7 @@ pub use store::SaveDtype;
 pub use trainer::{Trainer, TrainerSettings};
 
 /// Index and value of the largest probability.
+#[inline]
 pub fn argmax(p: &[f32]) -> (usize, f32) {
     p.iter()
         .copied()

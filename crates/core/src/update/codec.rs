@@ -40,11 +40,13 @@ pub enum DecodeError {
 }
 
 /// The encoded size of an update with `features` features.
+#[inline]
 pub fn encoded_len(features: usize) -> usize {
     HEADER_BYTES + MEMORY_BYTES + 4 * features
 }
 
 /// Appends the encoding of `update` to `out`.
+#[inline]
 pub fn encode(update: &Update, out: &mut Vec<u8>) {
     out.reserve(encoded_len(update.features.len()));
     out.push(match update.kind {
