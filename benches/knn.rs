@@ -15,11 +15,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use adaptserve_server::knn::{Experience, KnnError, KnnIndex, Memory, MemoryConfig};
+use adaptserve_server::knn::{Experience, KnnError, KnnIndex, Memory, MemoryConfig, synthetic};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hnsw_rs::prelude::{DistL2, Hnsw};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 const DIM: usize = 32;
 const K: usize = 10;
@@ -30,26 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(900);
 
 /// `n` unit vectors around 50 random centres (per-coordinate noise 0.12).
 fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let gauss = |rng: &mut ChaCha8Rng| {
-        let u: f32 = rng.random_range(f32::EPSILON..1.0);
-        let v: f32 = rng.random();
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    };
-    let unit = |mut v: Vec<f32>| {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    };
-    let centres: Vec<Vec<f32>> = (0..50)
-        .map(|_| unit((0..DIM).map(|_| gauss(&mut rng)).collect()))
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centres[rng.random_range(0..centres.len())];
-            unit(c.iter().map(|x| x + 0.12 * gauss(&mut rng)).collect())
-        })
-        .collect()
+    synthetic::clustered(n, DIM, 50, 0.12, seed)
 }
 
 fn submit_all(memory: &Memory, data: impl IntoIterator<Item = Vec<f32>>) {

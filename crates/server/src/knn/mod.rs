@@ -32,6 +32,7 @@
 //!   [`HnswIndex`].
 //! - `indexer`: the background thread that drains the queue and feeds the graph.
 //! - `memory`: the [`Memory`] facade the engine uses, and [`MemoryStats`].
+//! - [`synthetic`]: seeded clustered embeddings for the tests and benches.
 //! - [`snapshot`]: the memory's file at shutdown and restart.
 
 mod config;
@@ -42,6 +43,7 @@ mod indexer;
 mod memory;
 pub mod snapshot;
 mod store;
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 

@@ -6,46 +6,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
+use super::synthetic::clustered;
 use super::{Backend, Experience, KnnError, KnnIndex, Memory, MemoryConfig};
 
 /// Generous bound for background work in a debug build on a busy 2-core machine; a
 /// test only waits this long when it is about to fail.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-/// `n` unit vectors around `clusters` random centres: shaped like real embeddings,
-/// which is what HNSW recall depends on (uniform noise would be a pessimistic lie).
-pub(super) fn clustered(
-    n: usize,
-    dim: usize,
-    clusters: usize,
-    spread: f32,
-    seed: u64,
-) -> Vec<Vec<f32>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let gauss = |rng: &mut ChaCha8Rng| {
-        // Box-Muller: two uniforms to one standard normal.
-        let u: f32 = rng.random_range(f32::EPSILON..1.0);
-        let v: f32 = rng.random();
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    };
-    let unit = |mut v: Vec<f32>| {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    };
-    let centres: Vec<Vec<f32>> = (0..clusters)
-        .map(|_| unit((0..dim).map(|_| gauss(&mut rng)).collect()))
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centres[rng.random_range(0..clusters)];
-            unit(c.iter().map(|x| x + spread * gauss(&mut rng)).collect())
-        })
-        .collect()
-}
 
 fn exp(embedding: Vec<f32>, label: u32, priority: f32) -> Experience {
     Experience {
