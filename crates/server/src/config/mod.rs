@@ -118,7 +118,13 @@ impl Config {
         self.server.validate()?;
         self.engine.validate()?;
         self.batcher.validate()?;
-        self.memory.validate()?;
+        // The model's width is not known yet: `Memory::new` checks capacity × width
+        // against the model it serves; here one float per row stands in.
+        MemoryConfig {
+            dim: 1,
+            ..self.memory.clone()
+        }
+        .validate()?;
         self.wal.validate()?;
         self.worker.validate()?;
         self.swap.validate()?;
@@ -182,6 +188,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn memory_settings_read_as_they_always_have() {
+        // 0 for the crossover meant "the measured default" before it was spelled out.
+        let c: Config = toml::from_str("[memory]\nhnsw_crossover = 0\n").unwrap();
+        assert_eq!(
+            c.memory.hnsw_crossover,
+            MemoryConfig::default().hnsw_crossover
+        );
+        assert!(c.validate().is_ok());
+        // The model's width is not known at startup's check: a capacity that fits a
+        // narrow model is not refused for the placeholder width.
+        let c: Config = toml::from_str("[memory]\ncapacity = 100000000\n").unwrap();
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        // A capacity no model could hold still is.
+        let c: Config = toml::from_str("[memory]\ncapacity = 5000000000\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("memory.capacity"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The Hedge rule that sets the ensemble's mix, the blend it sets, and the losses it
+//! The Hedge rule that sets the ensemble's mix, the blend it sets, and the loss it
 //! learns from.
 //!
 //! The mix `p = Σ w_i·p_i` over the voters that voted (λ, the model's weight, is the
@@ -131,9 +131,10 @@ impl<const N: usize> Hedge<N> {
 }
 
 /// 0 if the distribution's top class is `label`, else 1: the loss of the voter's
-/// decision. Unlike [`loss`] it does not favour a voter for being sharp: a k-NN vote
-/// is often all on one class, a model's softmax rarely, and the absolute loss would
-/// hand the vote to the k-NN even where the model decides right more often.
+/// decision. Unlike the absolute loss `1 − p[label]` (tried, and removed: QUALITY.md)
+/// it does not favour a voter for being sharp: a k-NN vote is often all on one class,
+/// a model's softmax rarely, and the absolute loss handed the vote to the k-NN even
+/// where the model decided right more often.
 pub fn zero_one_loss(p: &[f32], label: usize) -> f32 {
     if argmax(p).0 == label { 0.0 } else { 1.0 }
 }

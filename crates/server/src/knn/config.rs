@@ -28,7 +28,9 @@ pub struct MemoryConfig {
     /// (QUALITY.md): the default keeps the last 1000.
     pub max_age: u64,
     /// Live size at and above which HNSW serves; below it the exact scan does, because
-    /// it is faster there (measured crossover, see the default) and exact.
+    /// it is faster there (measured crossover, see the default) and exact. In a
+    /// config file 0 still means the default, as it always has.
+    #[serde(deserialize_with = "crossover_or_default")]
     pub hnsw_crossover: usize,
     /// hnsw_rs `max_nb_connection`: graph degree per layer. 16 reaches recall@10 ≥ 0.95
     /// at dim 32; higher costs memory and insert time. hnsw_rs exits the process above
@@ -44,7 +46,7 @@ pub struct MemoryConfig {
     pub hnsw_ef_search: usize,
     /// Fraction of the graph's points that may be tombstones before a background
     /// rebuild. Tombstones cost over-fetch and recall; a rebuild costs a full build on
-    /// the background thread. 0.2 per the design.
+    /// the background thread. 0.2 keeps the over-fetch small between rebuilds.
     pub rebuild_tombstone_ratio: f32,
     /// Bound of the submit queue between the request path and the indexer. A full
     /// queue drops the experience (counted) instead of blocking a request; the bound
@@ -59,6 +61,17 @@ pub struct MemoryConfig {
     /// rebuilds the memory from the newest snapshot plus the WAL after it, so this
     /// bounds the replay, and the WAL is kept back to the snapshot's position.
     pub snapshot_interval_secs: u64,
+}
+
+/// `hnsw_crossover = 0` in a config file: the measured default, as configs written
+/// before the default was spelled out meant it.
+fn crossover_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(d)?;
+    Ok(if value == 0 {
+        MemoryConfig::default().hnsw_crossover
+    } else {
+        value
+    })
 }
 
 /// See [`MemoryConfig::key`].

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 /// `n` unit vectors of length `dim` around `clusters` random centres, with
 /// per-coordinate noise `spread`.
 pub fn clustered(n: usize, dim: usize, clusters: usize, spread: f32, seed: u64) -> Vec<Vec<f32>> {
+    assert!(clusters > 0, "clustered: at least one cluster");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let gauss = |rng: &mut ChaCha8Rng| {
         // Box-Muller: two uniforms to one standard normal.

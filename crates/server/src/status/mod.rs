@@ -6,9 +6,10 @@
 //! and the alerts on its own, and the copies drifted; now a new counter is added
 //! here once and every reader sees it.
 //!
-//! Collecting is a handful of atomic loads and one short read of the memory's
-//! stats: cheap enough for every scrape, status call and monitor tick, and it never
-//! waits on the request path.
+//! Collecting is mostly atomic loads, plus short reads under the locks of the
+//! memory's stats, the pending map, the breaker and the alerts, and one read of
+//! `/proc/self/statm`: microseconds, cheap enough for every scrape, status call and
+//! monitor tick, and no lock is held across an await.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

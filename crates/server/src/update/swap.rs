@@ -354,6 +354,10 @@ impl UpdatePath {
     /// Records `version` as serving with `floor` settled: the serving record, the
     /// worker's restart point, the WAL truncation, checkpoint pruning.
     async fn commit_serving(&self, version: u64, floor: u64) {
+        // The next worker starts from what serves now, before the slow write below:
+        // a worker that dies meanwhile must not restart from the version just left
+        // (its versions would name a parent the fence does not know).
+        self.worker.advance(StartPoint { version, floor });
         let record = ServingRecord {
             version,
             applied_seq: floor,
@@ -375,7 +379,6 @@ impl UpdatePath {
                 "cannot write serving.json; a restart would serve an older version"
             );
         }
-        self.worker.advance(StartPoint { version, floor });
         self.settled.send_if_modified(|s| {
             let moved = floor > *s;
             *s = (*s).max(floor);
