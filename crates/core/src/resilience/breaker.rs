@@ -13,7 +13,14 @@
 //! hand (or on tokio's paused clock, via `tokio::time::Instant::into_std`) instead of
 //! sleeping through a cooldown. Its lock guards a few fields for nanoseconds and is
 //! never held across an await.
+//!
+//! A healthy dependency is the common case and sits on request paths (one k-NN search
+//! per row), so a breaker that is closed with no failure counted answers
+//! [`allow_with`](CircuitBreaker::allow_with) and
+//! [`success`](CircuitBreaker::success) from one atomic flag: no lock shared between
+//! cores, and no clock read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,6 +61,9 @@ pub struct CircuitBreaker {
     failures: u32,
     cooldown: Duration,
     inner: Mutex<Inner>,
+    /// Closed with no failure counted: what the lock-free fast paths read. Written
+    /// only under the lock.
+    healthy: AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -68,6 +78,7 @@ impl CircuitBreaker {
                 opened_at: None,
                 trial_out: false,
             }),
+            healthy: AtomicBool::new(true),
         }
     }
 
@@ -75,6 +86,9 @@ impl CircuitBreaker {
     /// caller gets `true` (the trial) and the breaker is half-open until
     /// [`success`](Self::success) or [`failure`](Self::failure) is reported.
     pub fn allow(&self, now: Instant) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return true;
+        }
         let mut s = self.lock();
         match s.state {
             BreakerState::Closed => true,
@@ -95,18 +109,29 @@ impl CircuitBreaker {
         }
     }
 
+    /// As [`allow`](Self::allow), reading the clock only if the breaker is not
+    /// healthy (closed with no failure counted).
+    pub fn allow_with(&self, now: impl FnOnce() -> Instant) -> bool {
+        self.healthy.load(Ordering::Acquire) || self.allow(now())
+    }
+
     /// Records a successful call: the breaker closes and the failure count restarts.
     pub fn success(&self) {
+        if self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.lock();
         s.consecutive = 0;
         s.state = BreakerState::Closed;
         s.trial_out = false;
+        self.healthy.store(true, Ordering::Release);
     }
 
     /// Records a failed call at `now`. True if this failure opened the breaker (the
     /// threshold was reached, or a half-open trial failed), for a caller to log.
     pub fn failure(&self, now: Instant) -> bool {
         let mut s = self.lock();
+        self.healthy.store(false, Ordering::Release);
         s.consecutive = s.consecutive.saturating_add(1);
         if s.state == BreakerState::HalfOpen || s.consecutive >= self.failures {
             s.state = BreakerState::Open;
@@ -137,6 +162,31 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_healthy_breaker_reads_no_clock() {
+        let b = CircuitBreaker::new(2, Duration::from_secs(1));
+        let no_clock = || -> Instant { panic!("a healthy breaker read the clock") };
+        assert!(b.allow_with(no_clock));
+        b.success();
+        assert!(b.allow_with(no_clock));
+        // One failure below the threshold: still closed, but the clock is read.
+        let t0 = Instant::now();
+        assert!(!b.failure(t0));
+        assert!(b.allow_with(|| t0));
+        assert_eq!(b.state(), BreakerState::Closed);
+        // A success makes it healthy again.
+        b.success();
+        assert!(b.allow_with(no_clock));
+        // Open: refused until the cooldown, with the clock read.
+        b.failure(t0);
+        b.failure(t0);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.allow_with(|| t0 + Duration::from_millis(10)));
+        assert!(b.allow_with(|| t0 + Duration::from_secs(1)), "the trial");
+        b.success();
+        assert!(b.allow_with(no_clock));
+    }
 
     #[test]
     fn opens_after_consecutive_failures_and_recovers_through_half_open() {

@@ -195,8 +195,12 @@ impl Engine {
             return model_only(InferPath::ColdStart);
         }
         // The breaker reads tokio's clock (std's unless a test pauses it), so a test
-        // steps through the cooldown on the paused clock; the search is timed by std.
-        if !self.breaker.allow(tokio::time::Instant::now().into_std()) {
+        // steps through the cooldown on the paused clock, and only when it has seen a
+        // failure; the search is timed by std.
+        if !self
+            .breaker
+            .allow_with(|| tokio::time::Instant::now().into_std())
+        {
             self.stats.fallback.fetch_add(1, Ordering::Relaxed);
             return model_only(InferPath::Fallback);
         }
