@@ -89,14 +89,7 @@ async fn every_route_is_labelled_by_its_own_template() {
         .status()
         .as_u16();
     assert!(matches!(wrong_method, 401 | 405), "{wrong_method}");
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     for needle in [
         r#"adaptserve_http_requests_total{route="/v1/admin/fault/knn",method="POST",status="409"}"#
             .to_string(),

@@ -141,14 +141,7 @@ async fn a_killed_worker_is_seen_at_once_and_inference_never_fails_meanwhile() {
                 && a["summary"].as_str().unwrap().contains("SIGKILL")),
         "the alert names the signal: {lines:?}"
     );
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"adaptserve_worker_restarts_total{reason="exit"}"#),
         "{metrics}"
@@ -181,14 +174,7 @@ async fn a_stopped_worker_is_found_hung_and_replaced() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(gone, "the stopped worker {pid} is still there");
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"adaptserve_worker_restarts_total{reason="hang"}"#),
         "{metrics}"

@@ -157,6 +157,18 @@ impl TestServer {
         body
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// `POST` an admin route with the test token; returns status and JSON body.
     pub async fn admin(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = client()

@@ -300,7 +300,7 @@ mod tests {
                 "{name}"
             );
         }
-        for name in [
+        let others = [
             HTTP_DURATION,
             KNN_SEARCH_DURATION,
             MODEL_BATCH_ROWS,
@@ -312,7 +312,8 @@ mod tests {
             MODEL_KL,
             WORKER_STATE,
             RSS_BYTES,
-        ] {
+        ];
+        for name in others {
             assert!(
                 name.starts_with("adaptserve_") && !name.ends_with("_total"),
                 "{name}"
@@ -320,32 +321,7 @@ mod tests {
         }
         assert_eq!(status_label(202), "202");
         // The shipped Grafana dashboard only queries names defined here.
-        let all = [
-            HTTP_REQUESTS,
-            HTTP_DURATION,
-            INFER_ROWS,
-            MODEL_BATCH_ROWS,
-            MEMORY_EXPERIENCES,
-            KNN_SEARCH_DURATION,
-            KNN_FAILURES,
-            PSEUDO_LABELS,
-            LABELS,
-            UPDATES_SENT,
-            UPDATES_APPLIED,
-            UPDATES_DROPPED,
-            UPDATES_REFUSED,
-            RING_DEPTH,
-            RING_CAPACITY,
-            WAL_BYTES,
-            MODEL_VERSION,
-            MODEL_SWAPS,
-            MODEL_REJECTIONS,
-            MODEL_KL,
-            WORKER_RESTARTS,
-            WORKER_STATE,
-            ALERTS,
-            RSS_BYTES,
-        ];
+        let all: Vec<&str> = counters.iter().chain(&others).copied().collect();
         let dashboard = include_str!("../../../docs/grafana-dashboard.json");
         let mut used = 0;
         for (at, _) in dashboard.match_indices("adaptserve_") {

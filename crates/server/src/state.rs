@@ -60,8 +60,8 @@ impl AppState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether `/health/ready` answers 200.
+    /// Whether `/health/ready` answers 200: marked ready, and the model thread alive.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.engine.model_alive()
     }
 }

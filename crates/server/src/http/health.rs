@@ -134,7 +134,7 @@ pub(super) async fn live() -> AppJson<Value> {
 }
 
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
-    if state.is_ready() && state.engine.model_alive() {
+    if state.is_ready() {
         (StatusCode::OK, AppJson(json!({"status": "ready"})))
     } else {
         (

@@ -343,7 +343,7 @@ impl Status {
                 rejected: load(&b.rejected),
                 target_batch: b.target_batch.load(Ordering::Relaxed),
             },
-            ready: state.is_ready() && engine.model_alive(),
+            ready: state.is_ready(),
             worker_enabled: updates.worker().enabled(),
         }
     }
