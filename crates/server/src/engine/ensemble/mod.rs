@@ -46,7 +46,6 @@ use super::vote::{Hedge, blend, zero_one_loss};
 use super::{forest, knn_voter, linear, model_voter};
 use crate::config::EngineConfig;
 use crate::knn::Neighbor;
-use crate::model::argmax;
 
 #[cfg(test)]
 mod tests;
@@ -274,13 +273,14 @@ impl Ensemble {
     /// Judges the `votes` a prediction was answered from on its true `label`: one
     /// Hedge step, and each voter's score.
     pub fn score(&self, votes: &Votes, label: usize) {
-        self.hedge.update(std::array::from_fn(|i| {
-            votes.get(i).map(|p| zero_one_loss(p, label))
-        }));
-        for (seat, vote) in self.seats.iter().zip(votes.iter()) {
-            if let Some(p) = vote {
+        // The zero-one loss is Hedge's loss and, at 0, a right answer for the score.
+        let losses: [Option<f32>; VOTERS] =
+            std::array::from_fn(|i| votes.get(i).map(|p| zero_one_loss(p, label)));
+        self.hedge.update(losses);
+        for (seat, loss) in self.seats.iter().zip(losses) {
+            if let Some(loss) = loss {
                 seat.scored.fetch_add(1, Ordering::Relaxed);
-                if argmax(p).0 == label {
+                if loss == 0.0 {
                     seat.correct.fetch_add(1, Ordering::Relaxed);
                 }
             }
