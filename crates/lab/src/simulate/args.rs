@@ -13,9 +13,16 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
     /// Target a running server instead of starting one (chaos then needs the server
-    /// on this machine: it signals the worker pid the server reports)
+    /// on this machine: it signals the worker pid the server reports). With
+    /// --cluster, the load balancer of a running cluster: its replicas are found
+    /// through `GET /v1/cluster`, and there is no chaos
     #[arg(long)]
     pub url: Option<String>,
+    /// Cluster mode with this many replicas: start Redis, the replicas, a trainer and
+    /// HAProxy on loopback and drive them through the load balancer (0 = the
+    /// single-server simulation)
+    #[arg(long, default_value_t = 0)]
+    pub cluster: u16,
     /// Admin token of the --url server (for the final sync)
     #[arg(long, env = "ADAPTSERVE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -91,6 +98,14 @@ pub struct SimulateArgs {
     /// of a SIGSTOPped worker (5 s) and a start
     #[arg(long, default_value_t = 90.0)]
     pub max_recovery_secs: f64,
+    /// Check (cluster): after the final sync, every replica serves the trainer's
+    /// version within this long
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub max_version_lag: Duration,
+    /// Check (cluster): a label sent to one replica changes another replica's k-NN
+    /// vote within this long
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub max_knn_spread: Duration,
     /// Check: prequential accuracy must exceed the frozen starting model's by this
     /// (negative to allow a loss, e.g. on runs too short for a drift)
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
@@ -115,6 +130,11 @@ impl SimulateArgs {
         anyhow::ensure!(
             !self.duration.is_zero(),
             "--duration must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.cluster <= 1023,
+            "--cluster takes at most 1023 replicas (their ids are 1..=1023), got {}",
+            self.cluster
         );
         share("crash-probability", self.crash_probability)?;
         share("server-crash-probability", self.server_crash_probability)?;

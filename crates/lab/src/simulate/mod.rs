@@ -8,9 +8,12 @@
 //!   the server under test (our own child process, or `--url`); `sink`: a webhook that
 //!   always fails.
 //! - `checks`: the verdicts; `report`: `results.json` and `report.html`.
+//! - `cluster`: `--cluster N`, the same stream and verdicts against Redis, N
+//!   replicas, a trainer and HAProxy, with chaos on each of them.
 
 mod args;
 mod checks;
+mod cluster;
 mod load;
 mod report;
 mod run;
@@ -46,6 +49,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    if args.cluster > 0 {
+        return runtime.block_on(cluster::simulate(args, frozen, frozen_dir));
+    }
     runtime.block_on(async move {
         // With chaos, our own server's alerts also go to a webhook that always fails.
         let sink = if args.chaos && args.url.is_none() {

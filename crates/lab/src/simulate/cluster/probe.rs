@@ -1,0 +1,369 @@
+//! The k-NN spread probe: how long a label sent to one replica takes to change
+//! another replica's k-NN vote.
+//!
+//! Each probe sends a labelled example (`POST /v1/feedback {"features": X, "label":
+//! L}`) directly to replica A, then asks replica B about X (`POST /v1/infer`) every
+//! [`POLL_EVERY`] until B's k-NN voter answers L, and measures the time from A's 202.
+//!
+//! Why X is an ambiguous point and L its runner-up class. Every `/v1/infer` is also a
+//! prediction B may learn from: a confident answer becomes a pseudo-label stored at X
+//! itself, and a few of those would outvote the probe's label (pseudo-labels carry
+//! less trust, but an exact duplicate's weight is huge whatever its trust). So X is
+//! drawn near the middle of the class centres (the mean of the stream's features,
+//! plus a small seeded offset so each probe has its own X), the least confident of a
+//! few candidates for the frozen model; B is asked once before the label and X is
+//! kept only if B's answer falls under the confidence gate (0.7 by default), so
+//! polling teaches B nothing until the label arrives. L is B's second choice: the
+//! answer changes as soon as the k-NN voter's vote for L counts.
+//!
+//! What "the k-NN voter answers L" reads: a per-voter vote in the answer when the
+//! server gives one (`votes.knn`, `voters.knn` or `knn`); otherwise the answered
+//! label, which the voter's vote for L turns (at an exact duplicate its vote is all
+//! L) unless its Hedge weight is too small. Each probe records which it read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::super::stream::SyntheticStream;
+use crate::model::Mlp;
+
+/// First probe, seconds after the start of the load (the memory needs neighbours).
+const FIRST_AT: Duration = Duration::from_secs(5);
+/// Between two probes' starts.
+pub const EVERY: Duration = Duration::from_secs(15);
+/// Between two asks of replica B.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+/// The server's default confidence gate: answers at or above it become pseudo-labels.
+const GATE: f64 = 0.7;
+/// Samples the centre and spread of the features are taken from.
+const ANCHOR_SAMPLES: u64 = 2000;
+/// A probe's offset from the centre, in each feature's standard deviations.
+const OFFSET_SDS: f64 = 0.15;
+/// Candidates scored by the frozen model, and of those asked of replica B.
+const CANDIDATES: usize = 20;
+const ASKED: usize = 5;
+
+/// One probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    /// When replica A accepted the label, seconds from the start of the load.
+    pub t: f64,
+    pub from: u16,
+    pub to: u16,
+    pub label: u32,
+    /// B's answer for X before the label, and its confidence.
+    pub before: u32,
+    pub before_confidence: f64,
+    /// A answered 202.
+    pub accepted: bool,
+    /// Seconds from A's 202 until B's k-NN voter answered the label.
+    pub spread_secs: Option<f64>,
+    pub polls: u32,
+    /// `knn_vote` (a per-voter vote in the answer) or `answer` (the answered label).
+    pub signal: &'static str,
+    pub error: Option<String>,
+}
+
+/// Where probes are drawn: the features' mean and standard deviation.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+}
+
+impl Anchor {
+    /// From the stream's first samples (labels are balanced, so the mean is near
+    /// the middle of the class centres in every concept).
+    pub fn of(stream: &SyntheticStream) -> Self {
+        let rows: Vec<Vec<f32>> = (0..ANCHOR_SAMPLES)
+            .map(|t| stream.sample(t).features)
+            .collect();
+        let d = rows.first().map_or(0, Vec::len);
+        let n = rows.len() as f64;
+        let mean: Vec<f64> = (0..d)
+            .map(|j| rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n)
+            .collect();
+        let sd = (0..d)
+            .map(|j| {
+                (rows
+                    .iter()
+                    .map(|r| (f64::from(r[j]) - mean[j]).powi(2))
+                    .sum::<f64>()
+                    / n)
+                    .sqrt()
+            })
+            .collect();
+        Self { mean, sd }
+    }
+
+    /// A point near the centre.
+    fn draw(&self, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        self.mean
+            .iter()
+            .zip(&self.sd)
+            .map(|(m, s)| (m + OFFSET_SDS * s * rng.sample::<f64, _>(StandardNormal)) as f32)
+            .collect()
+    }
+}
+
+fn argmax_json(v: &Value) -> Option<u32> {
+    if let Some(label) = v.as_u64().or_else(|| v["label"].as_u64()) {
+        return u32::try_from(label).ok();
+    }
+    let probs: Vec<f64> = v
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64())
+        .collect::<Option<_>>()?;
+    let best = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))?
+        .0;
+    u32::try_from(best).ok()
+}
+
+/// The class the k-NN voter gives for a prediction, and where it was read: a
+/// per-voter vote if the answer has one, else the answered label.
+pub fn knn_label(p: &Value) -> (Option<u32>, &'static str) {
+    for vote in [&p["votes"]["knn"], &p["voters"]["knn"], &p["knn"]] {
+        if let Some(label) = argmax_json(vote) {
+            return (Some(label), "knn_vote");
+        }
+    }
+    (
+        p["label"].as_u64().and_then(|l| u32::try_from(l).ok()),
+        "answer",
+    )
+}
+
+/// The answered label, its confidence and the runner-up class.
+fn read_answer(p: &Value) -> Option<(u32, f64, u32)> {
+    let probs: Vec<f64> = p["probabilities"]
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64())
+        .collect::<Option<_>>()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let label = u32::try_from(p["label"].as_u64()?).ok()?;
+    let second = order.iter().copied().find(|&c| c as u32 != label)?;
+    Some((label, probs[label as usize], second as u32))
+}
+
+/// What every probe shares.
+#[derive(Clone)]
+pub struct Prober {
+    pub http: reqwest::Client,
+    /// `(id, url)` of each replica.
+    pub replicas: Vec<(u16, String)>,
+    pub anchor: Arc<Anchor>,
+    pub frozen: Arc<Mlp>,
+    pub seed: u64,
+    pub start: Instant,
+    /// How long a probe waits for the vote before it gives up.
+    pub give_up: Duration,
+}
+
+/// Probes from [`FIRST_AT`] every [`EVERY`] until `end`; each result joins `out`.
+pub fn spawn(
+    prober: Prober,
+    end: Instant,
+    out: Arc<Mutex<Vec<Probe>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for k in 0u64.. {
+            let at = prober.start + FIRST_AT + EVERY * k as u32;
+            if at >= end {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            let probe = prober.one(k).await;
+            match &probe.error {
+                Some(e) => tracing::warn!(k, error = e, "k-NN probe failed"),
+                None => {
+                    tracing::info!(k, spread_secs = ?probe.spread_secs, from = probe.from, to = probe.to, "k-NN probe")
+                }
+            }
+            out.lock().push(probe);
+        }
+    })
+}
+
+impl Prober {
+    async fn one(&self, k: u64) -> Probe {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9b0be ^ k.wrapping_mul(0x9E37_79B9));
+        let n = self.replicas.len();
+        let a = rng.random_range(0..n);
+        let b = (a + rng.random_range(1..n.max(2))) % n;
+        let (from, to) = (&self.replicas[a], &self.replicas[b]);
+        let mut probe = Probe {
+            t: 0.0,
+            from: from.0,
+            to: to.0,
+            label: 0,
+            before: 0,
+            before_confidence: f64::NAN,
+            accepted: false,
+            spread_secs: None,
+            polls: 0,
+            signal: "answer",
+            error: None,
+        };
+        let deadline = Instant::now() + self.give_up;
+        // The frozen model's least confident candidates, asked of B in that order.
+        let mut candidates: Vec<(f32, Vec<f32>)> = (0..CANDIDATES)
+            .map(|_| {
+                let x = self.anchor.draw(&mut rng);
+                let confidence = self
+                    .frozen
+                    .forward(&x, 1)
+                    .ok()
+                    .map_or(1.0, |f| adaptserve_core::model::argmax(f.probs_row(0)).1);
+                (confidence, x)
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut chosen: Option<(Vec<f32>, (u32, f64, u32))> = None;
+        for (_, x) in candidates.into_iter().take(ASKED) {
+            let Some(p) = self.ask(&to.1, &x, deadline).await else {
+                probe.error = Some(format!("replica {} did not answer", to.0));
+                return probe;
+            };
+            let Some(answer) = read_answer(&p) else {
+                probe.error = Some(format!("unreadable answer from replica {}: {p}", to.0));
+                return probe;
+            };
+            let better = chosen.as_ref().is_none_or(|c| answer.1 < c.1.1);
+            if better {
+                chosen = Some((x, answer));
+            }
+            if answer.1 < GATE {
+                break;
+            }
+        }
+        let Some((x, (before, confidence, label))) = chosen else {
+            probe.error = Some("no candidate".into());
+            return probe;
+        };
+        (probe.before, probe.before_confidence, probe.label) = (before, confidence, label);
+        let accepted = loop {
+            let sent = self
+                .http
+                .post(format!("{}/v1/feedback", from.1))
+                .json(&json!({"features": x, "label": label}))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 202 => break Instant::now(),
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    probe.error = Some(format!("replica {} answered {status}: {body}", from.0));
+                    return probe;
+                }
+                Err(e) if e.is_connect() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => {
+                    probe.error = Some(format!("replica {}: {e}", from.0));
+                    return probe;
+                }
+            }
+        };
+        probe.accepted = true;
+        probe.t = accepted.duration_since(self.start).as_secs_f64();
+        let deadline = accepted + self.give_up;
+        while Instant::now() < deadline {
+            probe.polls += 1;
+            if let Some(p) = self.ask(&to.1, &x, deadline).await {
+                let (knn, signal) = knn_label(&p);
+                probe.signal = signal;
+                if knn == Some(label) {
+                    probe.spread_secs = Some(accepted.elapsed().as_secs_f64());
+                    return probe;
+                }
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        probe
+    }
+
+    /// Asks the replica at `url` about `x`, retrying until `deadline`; the
+    /// prediction, or `None` if it never answered.
+    async fn ask(&self, url: &str, x: &[f32], deadline: Instant) -> Option<Value> {
+        loop {
+            let reply = self
+                .http
+                .post(format!("{url}/v1/infer"))
+                .json(&json!({"inputs": [x]}))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(r) = reply
+                && r.status() == 200
+                && let Ok(v) = r.json::<Value>().await
+            {
+                return Some(v["predictions"][0].clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::stream::StreamConfig;
+
+    #[test]
+    fn the_knn_vote_is_read_where_the_answer_gives_one() {
+        let p = json!({"label": 2, "votes": {"model": [0.1, 0.2, 0.7], "knn": [0.1, 0.8, 0.1]}});
+        assert_eq!(knn_label(&p), (Some(1), "knn_vote"));
+        let p = json!({"label": 2, "knn": {"label": 0}});
+        assert_eq!(knn_label(&p), (Some(0), "knn_vote"));
+        let p = json!({"label": 2, "voters": {"knn": 3}});
+        assert_eq!(knn_label(&p), (Some(3), "knn_vote"));
+        // No breakdown: the answered label.
+        let p = json!({"label": 2, "probabilities": [0.1, 0.2, 0.7]});
+        assert_eq!(knn_label(&p), (Some(2), "answer"));
+    }
+
+    #[test]
+    fn the_probe_label_is_the_runner_up() {
+        let p = json!({"label": 2, "probabilities": [0.1, 0.3, 0.5, 0.1]});
+        let (label, confidence, second) = read_answer(&p).expect("readable");
+        assert_eq!((label, second), (2, 1));
+        assert!((confidence - 0.5).abs() < 1e-9);
+        assert!(read_answer(&json!({"label": 0})).is_none());
+    }
+
+    #[test]
+    fn probes_are_drawn_near_the_centre_and_differ() {
+        let stream = SyntheticStream::new(StreamConfig::default());
+        let anchor = Anchor::of(&stream);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (a, b) = (anchor.draw(&mut rng), anchor.draw(&mut rng));
+        assert_ne!(a, b);
+        for x in [&a, &b] {
+            for ((v, m), s) in x.iter().zip(&anchor.mean).zip(&anchor.sd) {
+                assert!(
+                    (f64::from(*v) - m).abs() <= 5.0 * OFFSET_SDS * s + 1e-3,
+                    "{v} {m} {s}"
+                );
+            }
+        }
+    }
+}
