@@ -70,7 +70,10 @@ pub fn spawn(
             let at = Instant::now();
             let t = at.duration_since(start).as_secs_f64();
             let killed_ms = unix_ms();
-            let token_before = trainer_field(&topo, &http, "token").await;
+            let token_before = match p.fault {
+                Fault::KillTrainer => trainer_field(&topo, &http, "token").await,
+                _ => None,
+            };
             tracing::info!(t, fault = ?p.fault, "chaos");
             let (pid, error) = match execute(&topo, &http, p.fault).await {
                 Ok(pid) => (pid, None),

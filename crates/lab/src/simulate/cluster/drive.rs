@@ -138,6 +138,16 @@ async fn read_replicas(
     out
 }
 
+/// Aborts the run's tasks when dropped: an interrupted run must not restart a
+/// process after the topology was stopped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
 /// Drives the cluster for `args.duration`; `progress` is called each second.
 pub async fn drive(
     args: &SimulateArgs,
@@ -217,6 +227,13 @@ pub async fn drive(
         )
     });
 
+    let _abort = AbortOnDrop(
+        [Some(&load), chaos_task.as_ref(), probe_task.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(tokio::task::JoinHandle::abort_handle)
+            .collect(),
+    );
     let mut samples = Vec::new();
     let mut cluster_samples = Vec::new();
     let mut exits = Vec::new();

@@ -38,9 +38,12 @@ impl Proc {
 
     /// Starts the process, its stdout and stderr appended to its log; returns the pid.
     pub fn start(&mut self) -> anyhow::Result<u32> {
+        // A new run starts a new log; a restart appends to it.
         let mut log = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .append(self.starts > 0)
+            .truncate(self.starts == 0)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
         writeln!(

@@ -93,7 +93,7 @@ pub fn haproxy_config(lb_port: u16, replicas: &[(u16, u16)]) -> String {
     let mut cfg = format!(
         "global
     log stderr format raw local0 info
-    maxconn 20000
+    maxconn 4000
 
 defaults
     mode http
