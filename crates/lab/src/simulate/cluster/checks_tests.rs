@@ -78,6 +78,8 @@ fn probe(spread: Option<f64>) -> Probe {
         accepted: true,
         spread_secs: spread,
         polls: 3,
+        path_before: "ensemble".into(),
+        polls_without_vote: 0,
         signal: "answer",
         error: None,
     }

@@ -14,7 +14,10 @@
 //! few candidates for the frozen model; B is asked once before the label and X is
 //! kept only if B's answer falls under the confidence gate (0.7 by default), so
 //! polling teaches B nothing until the label arrives. L is B's second choice: the
-//! answer changes as soon as the k-NN voter's vote for L counts.
+//! answer changes as soon as the k-NN voter's vote for L counts. The label is sent
+//! only once B's neighbours vote on X (path `ensemble`): in cold start (too few
+//! experiences, as at the start or after a drift alarm prunes the memory) no label
+//! could change the vote, and the probe would time the refill instead.
 //!
 //! What "the k-NN voter answers L" reads: a per-voter vote in the answer when the
 //! server gives one (`votes.knn`, `voters.knn` or `knn`); otherwise the answered
@@ -39,6 +42,9 @@ use crate::model::Mlp;
 const FIRST_AT: Duration = Duration::from_secs(5);
 /// Between two probes' starts.
 pub const EVERY: Duration = Duration::from_secs(15);
+/// How long a probe waits for replica B's neighbours to vote before it sends its
+/// label anyway.
+const WARM_WITHIN: Duration = Duration::from_secs(60);
 /// Between two asks of replica B.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 /// The server's default confidence gate: answers at or above it become pseudo-labels.
@@ -67,6 +73,10 @@ pub struct Probe {
     /// Seconds from A's 202 until B's k-NN voter answered the label.
     pub spread_secs: Option<f64>,
     pub polls: u32,
+    /// B's path (`ensemble`, `cold_start`, `fallback`) when X was chosen, and the
+    /// polls after the label on which the neighbours did not vote.
+    pub path_before: String,
+    pub polls_without_vote: u32,
     /// `knn_vote` (a per-voter vote in the answer) or `answer` (the answered label).
     pub signal: &'static str,
     pub error: Option<String>,
@@ -215,6 +225,8 @@ impl Prober {
             accepted: false,
             spread_secs: None,
             polls: 0,
+            path_before: String::new(),
+            polls_without_vote: 0,
             signal: "answer",
             error: None,
         };
@@ -232,6 +244,23 @@ impl Prober {
             })
             .collect();
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Until B's neighbours vote (its memory past the cold-start threshold, or
+        // refilled after a drift alarm pruned it), a label cannot change its vote.
+        // Asked about throwaway points, so that waiting teaches B nothing at X.
+        let warm_by = Instant::now() + WARM_WITHIN;
+        loop {
+            let throwaway = self.anchor.draw(&mut rng);
+            let Some(p) = self.ask(&to.1, &throwaway, warm_by.max(deadline)).await else {
+                probe.error = Some(format!("replica {} did not answer", to.0));
+                return probe;
+            };
+            probe.path_before = p["path"].as_str().unwrap_or("").to_string();
+            if p["path"] == "ensemble" || Instant::now() >= warm_by {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deadline = Instant::now() + self.give_up;
         let mut chosen: Option<(Vec<f32>, (u32, f64, u32))> = None;
         for (_, x) in candidates.into_iter().take(ASKED) {
             let Some(p) = self.ask(&to.1, &x, deadline).await else {
@@ -286,6 +315,9 @@ impl Prober {
         while Instant::now() < deadline {
             probe.polls += 1;
             if let Some(p) = self.ask(&to.1, &x, deadline).await {
+                if p["path"] != "ensemble" {
+                    probe.polls_without_vote += 1;
+                }
                 let (knn, signal) = knn_label(&p);
                 probe.signal = signal;
                 if knn == Some(label) {

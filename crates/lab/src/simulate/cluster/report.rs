@@ -140,19 +140,21 @@ Every replica served the trainer's version {lag} after the final sync.</p>",
             )),
         )?;
     }
-    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>label</th><th>before</th><th>spread</th><th>polls</th><th>read from</th><th>error</th></tr>");
+    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>label</th><th>before</th><th>spread</th><th>polls (no vote)</th><th>read from</th><th>error</th></tr>");
     for p in &f.probes {
         write!(
             h,
-            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{} ({:.2})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{} ({:.2}, {})</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
             p.t,
             p.from,
             p.to,
             p.label,
             p.before,
             p.before_confidence,
+            p.path_before,
             secs(p.spread_secs),
             p.polls,
+            p.polls_without_vote,
             p.signal,
             p.error.as_deref().unwrap_or(""),
         )?;
