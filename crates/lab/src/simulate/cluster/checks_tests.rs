@@ -75,6 +75,9 @@ fn probe(spread: Option<f64>) -> Probe {
         label: 1,
         before: 0,
         before_confidence: 0.5,
+        margin_before: 0.05,
+        knn_share: 0.2,
+        last: Some((1, 0.45)),
         accepted: true,
         spread_secs: spread,
         polls: 3,
@@ -104,6 +107,7 @@ fn facts() -> Facts {
         labels_cross_replica: 350,
         labels_same_replica: 180,
         labels_unanswered: 0,
+        labels_retried_503: 0,
         answered_by: Default::default(),
         syncs: (1..=3)
             .map(|replica| Sync {

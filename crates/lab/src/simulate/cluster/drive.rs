@@ -39,7 +39,7 @@ use crate::model::Mlp;
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplicaSample {
     pub id: u16,
-    /// It answered `/v1/cluster` within the second.
+    /// It answered `/v1/cluster` within the second (0.9 s).
     pub up: bool,
     pub serving_version: Option<u64>,
     pub redis: Option<String>,
@@ -83,6 +83,8 @@ pub struct Facts {
     pub labels_same_replica: u64,
     /// Labels with no HTTP answer (possibly accepted).
     pub labels_unanswered: u64,
+    /// Label attempts answered 503 and sent again.
+    pub labels_retried_503: u64,
     /// Predictions answered per replica (from the load balancer's header).
     pub answered_by: BTreeMap<u16, u64>,
     pub syncs: Vec<Sync>,
@@ -316,6 +318,7 @@ pub async fn drive(
         labels_cross_replica: tally.cross_replica.load(Ordering::Relaxed),
         labels_same_replica: tally.same_replica.load(Ordering::Relaxed),
         labels_unanswered: tally.unanswered.load(Ordering::Relaxed),
+        labels_retried_503: tally.retried_503.load(Ordering::Relaxed),
         answered_by: tally.answered_by.lock().clone(),
         syncs: end_state.syncs,
         version_lag_secs: end_state.version_lag_secs,
@@ -416,7 +419,7 @@ fn summarise(
         pending_bytes: sum(&|s| s["pending_predictions_bytes"].as_u64()),
         worker_pid: None,
         worker_state: format!(
-            "{}/{} replicas up",
+            "{}/{} answering /v1/cluster",
             cluster.replicas.iter().filter(|r| r.up).count(),
             cluster.replicas.len()
         ),

@@ -11,10 +11,12 @@
 //! less trust, but an exact duplicate's weight is huge whatever its trust). So X is
 //! drawn near the middle of the class centres (the mean of the stream's features,
 //! plus a small seeded offset so each probe has its own X), the least confident of a
-//! few candidates for the frozen model; B is asked once before the label and X is
-//! kept only if B's answer falls under the confidence gate (0.7 by default), so
-//! polling teaches B nothing until the label arrives. L is B's second choice: the
-//! answer changes as soon as the k-NN voter's vote for L counts. The label is sent
+//! few candidates for the frozen model; B is asked about each once before the label
+//! and X is kept only if B's answer falls under the confidence gate (0.7 by
+//! default), so polling teaches B nothing until the label arrives. L is B's second
+//! choice, and X is a close enough call (the top two within half the k-NN voter's
+//! share of B's blend, read from B's `/v1/status`) that the voter's vote for L turns
+//! the answer even when Hedge gives it a small weight. The label is sent
 //! only once B's neighbours vote on X (path `ensemble`): in cold start (too few
 //! experiences, as at the start or after a drift alarm prunes the memory) no label
 //! could change the vote, and the probe would time the refill instead.
@@ -55,7 +57,7 @@ const ANCHOR_SAMPLES: u64 = 2000;
 const OFFSET_SDS: f64 = 0.15;
 /// Candidates scored by the frozen model, and of those asked of replica B.
 const CANDIDATES: usize = 20;
-const ASKED: usize = 5;
+const ASKED: usize = 12;
 
 /// One probe.
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +70,12 @@ pub struct Probe {
     /// B's answer for X before the label, and its confidence.
     pub before: u32,
     pub before_confidence: f64,
+    /// How far the runner-up (the label sent) was behind B's answer.
+    pub margin_before: f64,
+    /// The k-NN voter's share of B's blend when X was chosen.
+    pub knn_share: f64,
+    /// B's last answer for X while polling, and its confidence.
+    pub last: Option<(u32, f64)>,
     /// A answered 202.
     pub accepted: bool,
     /// Seconds from A's 202 until B's k-NN voter answered the label.
@@ -155,18 +163,82 @@ pub fn knn_label(p: &Value) -> (Option<u32>, &'static str) {
     )
 }
 
-/// The answered label, its confidence and the runner-up class.
-fn read_answer(p: &Value) -> Option<(u32, f64, u32)> {
+/// B's answer about a candidate X.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Answer {
+    label: u32,
+    confidence: f64,
+    /// The runner-up class, and how far behind the answer it is.
+    second: u32,
+    margin: f64,
+}
+
+/// Reads an answer; `None` without a label and probabilities.
+fn read_answer(p: &Value) -> Option<Answer> {
     let probs: Vec<f64> = p["probabilities"]
         .as_array()?
         .iter()
         .map(|x| x.as_f64())
         .collect::<Option<_>>()?;
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let label = u32::try_from(p["label"].as_u64()?).ok()?;
-    let second = order.iter().copied().find(|&c| c as u32 != label)?;
-    Some((label, probs[label as usize], second as u32))
+    let confidence = *probs.get(label as usize)?;
+    let (second, p2) = probs
+        .iter()
+        .enumerate()
+        .filter(|&(c, _)| c as u32 != label)
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    Some(Answer {
+        label,
+        confidence,
+        second: second as u32,
+        margin: confidence - p2,
+    })
+}
+
+/// Whether `a` is a good X: under the gate, and close enough between its top two
+/// classes that the k-NN voter's share of the blend (`knn_share`), all for the
+/// runner-up, surely turns the answer (half of it covers a neighbourhood that was
+/// already partly for the answer, and the other voters' drift meanwhile).
+fn good(a: &Answer, knn_share: f64) -> bool {
+    a.confidence < GATE && a.margin < knn_share / 2.0
+}
+
+/// The best of the answers asked: the first good one, else the closest call under
+/// the gate, else the least confident.
+fn pick(answers: &[Answer], knn_share: f64) -> Option<usize> {
+    let best = |of: &mut dyn Iterator<Item = (usize, &Answer)>, key: fn(&Answer) -> f64| {
+        of.min_by(|a, b| key(a.1).total_cmp(&key(b.1)))
+            .map(|(i, _)| i)
+    };
+    answers
+        .iter()
+        .position(|a| good(a, knn_share))
+        .or_else(|| {
+            best(
+                &mut answers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.confidence < GATE),
+                |a| a.margin,
+            )
+        })
+        .or_else(|| best(&mut answers.iter().enumerate(), |a| a.confidence))
+}
+
+/// The k-NN voter's share of replica B's blend, from its `/v1/status`.
+async fn knn_share(http: &reqwest::Client, url: &str) -> Option<f64> {
+    let status: Value = http
+        .get(format!("{url}/v1/status"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let weights = status["vote"]["weights"].as_object()?;
+    let total: f64 = weights.values().filter_map(Value::as_f64).sum();
+    (total > 0.0).then(|| weights.get("knn")?.as_f64().map(|k| k / total))?
 }
 
 /// What every probe shares.
@@ -222,6 +294,9 @@ impl Prober {
             label: 0,
             before: 0,
             before_confidence: f64::NAN,
+            margin_before: f64::NAN,
+            knn_share: f64::NAN,
+            last: None,
             accepted: false,
             spread_secs: None,
             polls: 0,
@@ -261,7 +336,9 @@ impl Prober {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let deadline = Instant::now() + self.give_up;
-        let mut chosen: Option<(Vec<f32>, (u32, f64, u32))> = None;
+        let share = knn_share(&self.http, &to.1).await.unwrap_or(0.0);
+        probe.knn_share = share;
+        let mut asked: Vec<(Vec<f32>, Answer)> = Vec::new();
         for (_, x) in candidates.into_iter().take(ASKED) {
             let Some(p) = self.ask(&to.1, &x, deadline).await else {
                 probe.error = Some(format!("replica {} did not answer", to.0));
@@ -271,19 +348,24 @@ impl Prober {
                 probe.error = Some(format!("unreadable answer from replica {}: {p}", to.0));
                 return probe;
             };
-            let better = chosen.as_ref().is_none_or(|c| answer.1 < c.1.1);
-            if better {
-                chosen = Some((x, answer));
-            }
-            if answer.1 < GATE {
+            asked.push((x, answer));
+            if good(&answer, share) {
                 break;
             }
         }
-        let Some((x, (before, confidence, label))) = chosen else {
+        let answers: Vec<Answer> = asked.iter().map(|a| a.1).collect();
+        let Some(i) = pick(&answers, share) else {
             probe.error = Some("no candidate".into());
             return probe;
         };
-        (probe.before, probe.before_confidence, probe.label) = (before, confidence, label);
+        let (x, before) = asked.swap_remove(i);
+        let label = before.second;
+        (
+            probe.before,
+            probe.before_confidence,
+            probe.margin_before,
+            probe.label,
+        ) = (before.label, before.confidence, before.margin, label);
         let accepted = loop {
             let sent = self
                 .http
@@ -318,6 +400,7 @@ impl Prober {
                 if p["path"] != "ensemble" {
                     probe.polls_without_vote += 1;
                 }
+                probe.last = read_answer(&p).map(|a| (a.label, a.confidence));
                 let (knn, signal) = knn_label(&p);
                 probe.signal = signal;
                 if knn == Some(label) {
@@ -376,10 +459,34 @@ mod tests {
     #[test]
     fn the_probe_label_is_the_runner_up() {
         let p = json!({"label": 2, "probabilities": [0.1, 0.3, 0.5, 0.1]});
-        let (label, confidence, second) = read_answer(&p).expect("readable");
-        assert_eq!((label, second), (2, 1));
-        assert!((confidence - 0.5).abs() < 1e-9);
+        let a = read_answer(&p).expect("readable");
+        assert_eq!((a.label, a.second), (2, 1));
+        assert!((a.confidence - 0.5).abs() < 1e-9);
+        assert!((a.margin - 0.2).abs() < 1e-9);
         assert!(read_answer(&json!({"label": 0})).is_none());
+    }
+
+    fn answer(confidence: f64, margin: f64) -> Answer {
+        Answer {
+            label: 0,
+            confidence,
+            second: 1,
+            margin,
+        }
+    }
+
+    #[test]
+    fn x_is_a_close_call_the_neighbours_can_turn() {
+        // k-NN share 0.2: a margin under 0.1 is good.
+        let answers = [answer(0.5, 0.3), answer(0.45, 0.08), answer(0.4, 0.05)];
+        assert_eq!(pick(&answers, 0.2), Some(1), "the first good one");
+        // None good: the closest call under the gate.
+        let answers = [answer(0.5, 0.3), answer(0.8, 0.01), answer(0.6, 0.2)];
+        assert_eq!(pick(&answers, 0.2), Some(2));
+        // All confident: the least confident (one pseudo-label at X at most).
+        let answers = [answer(0.9, 0.8), answer(0.75, 0.5)];
+        assert_eq!(pick(&answers, 0.2), Some(1));
+        assert_eq!(pick(&[], 0.2), None);
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn figures(o: &Outcome, f: &Facts, refused: (u64, u64, u64)) -> Value {
         "labels_cross_replica": f.labels_cross_replica,
         "labels_same_replica": f.labels_same_replica,
         "labels_unanswered": f.labels_unanswered,
+        "labels_retried_503": f.labels_retried_503,
         "labels_refused_expired": refused.0,
         "labels_refused_in_window": refused.1,
         "labels_refused_outside_window": refused.2,
@@ -104,7 +105,7 @@ fn section(o: &Outcome, f: &Facts, refused: (u64, u64, u64)) -> anyhow::Result<S
     write!(
         h,
         "<h2>Cluster</h2><p>{n} replicas behind HAProxy ({lb}), Redis with its AOF, one trainer.
-Labels: {acc} accepted through the load balancer ({cross} by another replica than the one that answered, {same} by the same), {unans} without an answer, {probes} probe labels;
+Labels: {acc} accepted through the load balancer ({cross} by another replica than the one that answered, {same} by the same), {unans} without an answer, {retried} attempts answered 503 and retried, {probes} probe labels;
 the trainer learned {learned} with {dups} duplicates (expected {expected}).
 Refused: {r_out} outside every kill's window, {r_in} inside one, {r_exp} after the pending TTL.
 Every replica served the trainer's version {lag} after the final sync.</p>",
@@ -114,6 +115,7 @@ Every replica served the trainer's version {lag} after the final sync.</p>",
         cross = f.labels_cross_replica,
         same = f.labels_same_replica,
         unans = f.labels_unanswered,
+        retried = f.labels_retried_503,
         probes = fig["probe_labels_accepted"],
         learned = fig["labels_learned"],
         dups = fig["trainer_duplicates"],
@@ -140,18 +142,20 @@ Every replica served the trainer's version {lag} after the final sync.</p>",
             )),
         )?;
     }
-    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>label</th><th>before</th><th>spread</th><th>polls (no vote)</th><th>read from</th><th>error</th></tr>");
+    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>label</th><th>before (confidence, margin, path)</th><th>k-NN share</th><th>spread</th><th>polls (no vote)</th><th>read from</th><th>error</th></tr>");
     for p in &f.probes {
         write!(
             h,
-            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{} ({:.2}, {})</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{} ({:.2}, {:.2}, {})</td><td>{:.2}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
             p.t,
             p.from,
             p.to,
             p.label,
             p.before,
             p.before_confidence,
+            p.margin_before,
             p.path_before,
+            p.knn_share,
             secs(p.spread_secs),
             p.polls,
             p.polls_without_vote,

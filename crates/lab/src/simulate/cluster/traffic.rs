@@ -13,8 +13,10 @@
 //! - A label with no HTTP answer at all is counted apart: the replica may have
 //!   accepted it before the connection broke, so it is neither accepted nor refused.
 //!
-//! Only a refused connection is retried (nothing reached a replica); HAProxy itself
-//! retries a request that met a dead replica.
+//! Only what accepted nothing is retried: a refused connection (nothing reached a
+//! replica) and a label answered 503 (the replica could not reach the cluster's
+//! store, and says to retry), each for up to [`RETRY_FOR`]. HAProxy itself retries
+//! a request that met a dead replica.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct Tally {
     pub refusals: Mutex<Vec<Refusal>>,
     /// Predictions answered per replica.
     pub answered_by: Mutex<BTreeMap<u16, u64>>,
+    /// Label attempts answered 503 and sent again.
+    pub retried_503: AtomicU64,
     /// Labels waiting for their delay or their answer.
     pub labels_in_flight: AtomicU64,
 }
@@ -171,7 +175,16 @@ async fn label(shared: &Shared, id: u64, label: u32, answered_t: f64, by: Option
     let counters = &tally.counters;
     let label_t = shared.start.elapsed().as_secs_f64();
     let body = json!({"request_id": id, "label": label});
-    let sent = post(&shared.http, &format!("{}/v1/feedback", shared.lb), &body).await;
+    let url = format!("{}/v1/feedback", shared.lb);
+    // A 503 accepted nothing (the cluster store is unreachable, or no replica is
+    // up) and says to retry: a client retries it, and so does the run.
+    let since = Instant::now();
+    let mut sent = post(&shared.http, &url, &body).await;
+    while sent.as_ref().is_some_and(|r| r.status() == 503) && since.elapsed() < RETRY_FOR {
+        tally.retried_503.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        sent = post(&shared.http, &url, &body).await;
+    }
     let Some(r) = sent else {
         counters.feedback_failed.fetch_add(1, Ordering::Relaxed);
         tally.unanswered.fetch_add(1, Ordering::Relaxed);
