@@ -255,20 +255,26 @@ pub struct Prober {
     pub give_up: Duration,
 }
 
-/// Probes from [`FIRST_AT`] every [`EVERY`] until `end`; each result joins `out`.
+/// Probes from [`FIRST_AT`] every [`EVERY`] (one at a time) until `end`; each
+/// result joins `out`.
 pub fn spawn(
     prober: Prober,
     end: Instant,
     out: Arc<Mutex<Vec<Probe>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut at = prober.start + FIRST_AT;
         for k in 0u64.. {
-            let at = prober.start + FIRST_AT + EVERY * k as u32;
             if at >= end {
                 break;
             }
             tokio::time::sleep_until(at).await;
             let probe = prober.one(k).await;
+            // A slow probe skips the slots it overran rather than bunching the next.
+            at += EVERY;
+            while at < Instant::now() {
+                at += EVERY;
+            }
             match &probe.error {
                 Some(e) => tracing::warn!(k, error = e, "k-NN probe failed"),
                 None => {
