@@ -151,3 +151,51 @@ fn redis_away_fails_no_request_and_loses_no_label() {
     });
     assert_eq!(a.status()["cluster"]["forward"]["unsent"], 0);
 }
+
+/// With a rate limit on, a client's requests count across the cluster: what it
+/// spent on A this second is missing on B, though B's own bucket is full.
+#[test]
+fn a_clients_rate_limit_is_the_clusters() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    // 31 requests per client per second cluster-wide (1/s refill, burst 30).
+    let toml = Some("[server]\nrate_limit_per_sec = 1.0\nrate_limit_burst = 30.0\n");
+    let a = Replica::start_with(&redis, 1, root.path(), toml);
+    let b = Replica::start_with(&redis, 2, root.path(), toml);
+    let infer = |r: &Replica| {
+        harness::post(
+            &r.url("/v1/infer"),
+            &serde_json::json!({"inputs": [row(1)]}),
+        )
+        .0
+    };
+    // Start just after a second begins, so the whole exchange falls in one second.
+    loop {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if ms < 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let on_a: Vec<u16> = (0..25).map(|_| infer(&a)).collect();
+    assert!(
+        on_a.iter().all(|c| *c == 200),
+        "A's bucket allows 30: {on_a:?}"
+    );
+    // A's counts reach Redis within the 100 ms share.
+    std::thread::sleep(Duration::from_millis(250));
+    let on_b: Vec<u16> = (0..12)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(30));
+            infer(&b)
+        })
+        .collect();
+    let passed = on_b.iter().filter(|c| **c == 200).count();
+    assert!(
+        on_b.contains(&429) && passed <= 9,
+        "B alone would pass all 12; the cluster has 6 left (plus one share's lag): {on_b:?}"
+    );
+}
