@@ -215,9 +215,20 @@ impl Replica {
 
 /// A trainer: `adaptserve train --cluster`.
 pub fn trainer(redis: &Redis, name: &str, root: &Path) -> Proc {
+    trainer_with(redis, name, root, None)
+}
+
+/// A trainer with `toml` as its config file.
+pub fn trainer_with(redis: &Redis, name: &str, root: &Path, toml: Option<&str>) -> Proc {
     let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(BIN)
-        .arg("train")
+    let mut command = Command::new(BIN);
+    command.arg("train");
+    if let Some(toml) = toml {
+        let path = root.join(format!("{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        command.arg("--config").arg(path);
+    }
+    let child = command
         .args(["--cluster", &redis.url()])
         .arg("--model")
         .arg(model())

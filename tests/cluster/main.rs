@@ -139,6 +139,12 @@ fn redis_away_fails_no_request_and_loses_no_label() {
         a.status()["cluster"]["forward"]["unsent"].as_u64().unwrap() >= 40,
         "the labels wait in the WAL"
     );
+    let firing = |a: &Replica| {
+        a.status()["alerts"]["active"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|n| n == "cluster_redis_unreachable"))
+    };
+    assert!(firing(&a), "the alert fires: {}", a.status()["alerts"]);
 
     redis.restart();
     let (code, body) = a.sync();
@@ -150,6 +156,7 @@ fn redis_away_fails_no_request_and_loses_no_label() {
         h["components"]["cluster"]["status"] == "green"
     });
     assert_eq!(a.status()["cluster"]["forward"]["unsent"], 0);
+    assert!(!firing(&a), "and resolves: {}", a.status()["alerts"]);
 }
 
 /// With a rate limit on, a client's requests count across the cluster: what it
@@ -198,4 +205,40 @@ fn a_clients_rate_limit_is_the_clusters() {
         on_b.contains(&429) && passed <= 9,
         "B alone would pass all 12; the cluster has 6 left (plus one share's lag): {on_b:?}"
     );
+}
+
+/// The trainer trims the label stream below what it learned, keeping what the
+/// memories need; a replica that joins later seeds its memory from what is left.
+#[test]
+fn the_stream_is_trimmed_below_what_is_learned_and_a_new_replica_seeds_from_it() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    let a = Replica::start(&redis, 1, root.path());
+    let _trainer = harness::trainer_with(
+        &redis,
+        "trainer",
+        root.path(),
+        Some("[cluster]\nreseed = 50\n"),
+    );
+    for round in 0..4 {
+        for i in 0..60 {
+            let (code, _) = harness::post(
+                &a.url("/v1/feedback"),
+                &serde_json::json!({"features": row(round * 60 + i), "label": i % 4}),
+            );
+            assert_eq!(code, 202);
+        }
+        let (code, body) = a.sync();
+        assert_eq!(code, 200, "{body}");
+    }
+    let length = protocol::stream_length(&redis);
+    assert!(
+        (50..240).contains(&length),
+        "240 labels learned, at least 50 kept: {length} left"
+    );
+    let c = Replica::start(&redis, 3, root.path());
+    wait_for(Duration::from_secs(20), "C to seed from the stream", || {
+        let e = &c.status()["cluster"]["experiences"];
+        e["reseeds"].as_u64() >= Some(1) && e["inserted"].as_u64() == Some(length)
+    });
 }

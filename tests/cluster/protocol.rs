@@ -157,3 +157,15 @@ fn a_server_that_is_not_redis_is_reported_not_trusted() {
         assert!(started.elapsed() < Duration::from_secs(10));
     });
 }
+
+/// How many entries the label stream holds now.
+pub fn stream_length(redis: &Redis) -> u64 {
+    runtime().block_on(async {
+        let link = Link::open(&LinkConfig::new(redis.url())).unwrap();
+        let value = link
+            .query(redis::cmd("XLEN").arg(link.keys().labels()), Duration::ZERO)
+            .await
+            .unwrap();
+        adaptserve_cluster::reply::int(&value, "a length").unwrap() as u64
+    })
+}
