@@ -28,9 +28,14 @@ fn a_label_joins_its_prediction_on_any_replica_once_and_is_learned_once() {
         ids.iter().all(|id| id >> 43 == 1),
         "ids name replica 1: {ids:?}"
     );
-    // The records reach Redis within the shipper's round trip.
-    std::thread::sleep(Duration::from_millis(500));
     let mut acknowledged = 0;
+    // Labelled on B the moment A answers: B waits out the record's way to Redis.
+    for i in 0..20 {
+        let id = a.predict(&row(1000 + i));
+        let (code, body) = b.label(id, i % 3);
+        assert_eq!(code, 202, "an immediate label on B: {body}");
+        acknowledged += 1;
+    }
     for (i, id) in ids.iter().enumerate().take(30) {
         let (code, body) = b.label(*id, (i % 3) as u32);
         assert_eq!(code, 202, "a label for A's prediction on B: {body}");

@@ -101,7 +101,7 @@ impl SharedPending for Replica {
                     .fetch_add(1, Ordering::Relaxed);
                 return RemoteClaim::Unreachable;
             }
-            match pending::claim(&self.link, request_id, self.pending_ttl).await {
+            match pending::claim(&self.link, request_id).await {
                 Ok(Claim::Found(record)) => {
                     self.up();
                     match decode(&record) {
