@@ -33,6 +33,9 @@ pub enum Command {
     /// Drive a server with an open-loop drifting stream, delayed labels and chaos;
     /// check it stays up and keeps learning; write results.json and report.html.
     Simulate(adaptserve_lab::simulate::SimulateArgs),
+    /// The trainer of a cluster: learns from every replica's labels on Redis Streams
+    /// and publishes versions they all serve (one leads; others stand by).
+    Train(TrainArgs),
     /// Replay a CSV stream test-then-train through the HTTP API and score the
     /// predictions (prequential accuracy, κ, drift recovery); write results.json and
     /// report.html.
@@ -75,6 +78,77 @@ pub struct ServeArgs {
     /// Payload format of the webhooks given by flag [default: generic]
     #[arg(long, env = "ADAPTSERVE_WEBHOOK_FORMAT", value_enum)]
     pub webhook_format: Option<WebhookFormat>,
+    /// Join a cluster through its Redis, redis://HOST:PORT (standalone without it)
+    #[arg(long, env = "ADAPTSERVE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This replica's number in the cluster, 1..=1023, stable across restarts
+    #[arg(long, env = "ADAPTSERVE_REPLICA_ID")]
+    pub replica_id: Option<u16>,
+    /// The URL other replicas and /v1/cluster show for this one [default: as bound]
+    #[arg(long, env = "ADAPTSERVE_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+/// Flags of `adaptserve train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The cluster's Redis, redis://HOST:PORT
+    #[arg(long, env = "ADAPTSERVE_CLUSTER")]
+    pub cluster: String,
+    /// The model the replicas started from [default: models/default]
+    #[arg(long, env = "ADAPTSERVE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Optional: every published version is also kept here as a checkpoint, a copy
+    /// outside Redis
+    #[arg(long, env = "ADAPTSERVE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Optional TOML file: its [worker], [swap] and [cluster] sections apply
+    #[arg(long, env = "ADAPTSERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This trainer's name in the cluster's status [default: host and pid]
+    #[arg(long)]
+    pub trainer_id: Option<String>,
+    /// Seconds the lease lasts unrenewed: how soon a standby takes over
+    #[arg(long, default_value_t = 5)]
+    pub lease_secs: u64,
+}
+
+impl TrainArgs {
+    /// The trainer's settings: defaults < file < flags.
+    pub fn into_config(self) -> Result<adaptserve_cluster::trainer::TrainerConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.cluster.url = Some(self.cluster.clone());
+        // The trainer has no replica number; the check wants one.
+        config.cluster.replica_id = 1;
+        config.validate()?;
+        if self.lease_secs == 0 {
+            return Err(invalid("lease_secs", "must be greater than 0".into()).into());
+        }
+        let holder = self.trainer_id.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "trainer".into());
+            format!("{host}:{}", std::process::id())
+        });
+        Ok(adaptserve_cluster::trainer::TrainerConfig {
+            link: adaptserve_cluster::LinkConfig {
+                url: self.cluster,
+                prefix: config.cluster.prefix.clone(),
+                timeout: std::time::Duration::from_millis(config.cluster.timeout_ms),
+            },
+            model_dir: self.model.unwrap_or(config.server.model),
+            backup_dir: self.state_dir,
+            holder,
+            settings: config.worker.clone(),
+            rules: config.swap.rules(),
+            lease_ttl: std::time::Duration::from_secs(self.lease_secs),
+            retain: config.cluster.reseed,
+            probe_rows: config.swap.probe_size,
+        })
+    }
 }
 
 /// Flags of `adaptserve init-model`.
@@ -147,6 +221,15 @@ impl ServeArgs {
         }
         if self.webhook_format.is_some() && self.webhook_url.is_empty() {
             return Err(invalid("webhook_format", "is set but no --webhook-url is".into()).into());
+        }
+        if let Some(url) = &self.cluster {
+            config.cluster.url = Some(url.clone());
+        }
+        if let Some(id) = self.replica_id {
+            config.cluster.replica_id = id;
+        }
+        if let Some(advertise) = &self.advertise {
+            config.cluster.advertise = Some(advertise.clone());
         }
         for url in &self.webhook_url {
             config.alerts.webhooks.push(WebhookConfig {

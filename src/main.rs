@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Serve(_) | Command::Simulate(_) | Command::Eval(_)
+        Command::Serve(_) | Command::Train(_) | Command::Simulate(_) | Command::Eval(_)
     ) {
         app::ensure_single_threaded_kernels();
     }
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Eval(a) => adaptserve_lab::eval::eval(a),
+        Command::Train(a) => train(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,4 +78,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind {addr}"))?;
         app::run(config, listener, shutdown::signal()).await
     })
+}
+
+fn train(args: cli::TrainArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("adaptserve-train")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(adaptserve_cluster::trainer::run(config, shutdown::signal()))
 }

@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`app`] — assembles the server, restores its state and runs it until shutdown.
+//! - [`cluster`] — this server as a replica of a cluster on Redis Streams: the WAL
+//!   forwarder, the versions and experiences followers, shared pending predictions.
 //! - [`config`] — composes every section into one `Config`: file, defaults, checks.
 //! - [`engine`] — the request path: micro-batched model thread, cold start, the
 //!   ensemble vote with adaptive λ, confidence gate, k-NN breaker, delayed-label
@@ -26,6 +28,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod http;

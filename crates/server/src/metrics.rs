@@ -45,6 +45,12 @@ pub const WORKER_RESTARTS: &str = "adaptserve_worker_restarts_total";
 pub const WORKER_STATE: &str = "adaptserve_worker_state";
 pub const ALERTS: &str = "adaptserve_alerts_total";
 pub const RSS_BYTES: &str = "adaptserve_process_resident_memory_bytes";
+pub const CLUSTER_REDIS_UP: &str = "adaptserve_cluster_redis_up";
+pub const CLUSTER_FORWARD_UNSENT: &str = "adaptserve_cluster_forward_unsent";
+pub const CLUSTER_FORWARD_OLDEST: &str = "adaptserve_cluster_forward_oldest_unsent_seconds";
+pub const CLUSTER_FORWARDED: &str = "adaptserve_cluster_forwarded_total";
+pub const CLUSTER_TRAINER_VERSION: &str = "adaptserve_cluster_trainer_version";
+pub const CLUSTER_EXPERIENCES: &str = "adaptserve_cluster_experiences_total";
 
 /// Request latency: 50 µs (a bare route) to 10 s (the request timeout).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -188,6 +194,35 @@ fn describe() {
     );
     describe_counter!(ALERTS, Unit::Count, "Alerts raised, by severity.");
     describe_gauge!(
+        CLUSTER_REDIS_UP,
+        "1 while this replica's last call to the cluster's Redis succeeded."
+    );
+    describe_gauge!(
+        CLUSTER_FORWARD_UNSENT,
+        Unit::Count,
+        "WAL records not yet on the cluster's label stream."
+    );
+    describe_gauge!(
+        CLUSTER_FORWARD_OLDEST,
+        Unit::Seconds,
+        "How long the forwarder has had records to send (0 when caught up)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        Unit::Count,
+        "WAL records this replica appended to the label stream."
+    );
+    describe_gauge!(
+        CLUSTER_TRAINER_VERSION,
+        Unit::Count,
+        "The newest version the cluster's trainer published."
+    );
+    describe_counter!(
+        CLUSTER_EXPERIENCES,
+        Unit::Count,
+        "Other replicas' experiences inserted into this memory."
+    );
+    describe_gauge!(
         RSS_BYTES,
         Unit::Bytes,
         "Resident memory of the server process."
@@ -242,6 +277,14 @@ pub fn refresh(status: &Status) {
     if let Some(rss) = status.rss_bytes {
         gauge!(RSS_BYTES).set(rss as f64);
     }
+    if let Some(c) = &status.cluster {
+        gauge!(CLUSTER_REDIS_UP).set(f64::from(u8::from(c.redis_up)));
+        gauge!(CLUSTER_FORWARD_UNSENT).set(c.forward.unsent as f64);
+        gauge!(CLUSTER_FORWARD_OLDEST).set(c.forward.oldest_unsent_ms as f64 / 1000.0);
+        counter!(CLUSTER_FORWARDED).absolute(c.forward.forwarded);
+        gauge!(CLUSTER_TRAINER_VERSION).set(c.trainer_version as f64);
+        counter!(CLUSTER_EXPERIENCES).absolute(c.experiences.inserted);
+    }
 }
 
 /// Resident memory from `/proc/self/statm` (pages × page size); `None` off Linux.
@@ -293,6 +336,8 @@ mod tests {
             MODEL_REJECTIONS,
             WORKER_RESTARTS,
             ALERTS,
+            CLUSTER_FORWARDED,
+            CLUSTER_EXPERIENCES,
         ];
         for name in counters {
             assert!(
@@ -312,6 +357,10 @@ mod tests {
             MODEL_KL,
             WORKER_STATE,
             RSS_BYTES,
+            CLUSTER_REDIS_UP,
+            CLUSTER_FORWARD_UNSENT,
+            CLUSTER_FORWARD_OLDEST,
+            CLUSTER_TRAINER_VERSION,
         ];
         for name in others {
             assert!(

@@ -34,6 +34,9 @@ pub struct AppState {
     /// What the server rebuilt from its state dir at start (`/v1/status`'s
     /// `recovery`), set once by the app.
     pub recovery: std::sync::OnceLock<serde_json::Value>,
+    /// This server's part in a cluster (set once by the app; `None` inside when
+    /// standalone).
+    pub cluster: std::sync::OnceLock<Option<Arc<crate::cluster::Replica>>>,
 }
 
 impl AppState {
@@ -52,7 +55,13 @@ impl AppState {
             monitor: crate::monitor::Monitor::default(),
             rate_limit,
             recovery: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The replica, in a cluster.
+    pub fn replica(&self) -> Option<&Arc<crate::cluster::Replica>> {
+        self.cluster.get().and_then(Option::as_ref)
     }
 
     /// Marks the server ready (or not) for `/health/ready`.

@@ -19,9 +19,6 @@
 //! worker keeps no state of its own: everything it has not published, it can learn
 //! again from the WAL, so SIGKILL at any instant loses nothing.
 
-mod feed;
-mod learner;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +29,8 @@ use adaptserve_core::update::{
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use feed::Feed;
-use learner::Learner;
+use adaptserve_core::update::feed::Feed;
+use adaptserve_core::update::learner::Learner;
 
 /// adaptserve's update-worker: started by the server, never by hand.
 #[derive(Debug, Parser)]
@@ -122,7 +119,7 @@ fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         }
         let mut got = false;
         while learner.batch_len() < settings.train_batch {
-            match feed.next()? {
+            match feed.next_update()? {
                 Some((seq, update)) => {
                     learner.add(seq, update);
                     batch_started.get_or_insert_with(Instant::now);

@@ -55,12 +55,24 @@ impl Mlp {
     pub fn load_files(config: &Path, weights: &Path) -> Result<Mlp, ModelError> {
         let cfg = ModelConfig::from_file(config)?;
         let bytes = fs::read(weights).map_err(|e| ModelError::io(weights, "read", e))?;
+        Self::from_safetensors(cfg, &bytes, config, weights)
+    }
+
+    /// A model from the bytes of a safetensors file under `cfg`, checked as
+    /// [`Mlp::load_files`] checks a file; `config` and `weights` name where they came
+    /// from in errors (a cluster replica's bytes come from Redis, not a file).
+    pub fn from_safetensors(
+        cfg: ModelConfig,
+        bytes: &[u8],
+        config: &Path,
+        weights: &Path,
+    ) -> Result<Mlp, ModelError> {
         let corrupt = |source| ModelError::CorruptWeights {
             path: weights.to_path_buf(),
             source,
         };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
-        let file = SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+        let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
         let metadata: BTreeMap<String, String> = header
             .metadata()
             .clone()
@@ -144,6 +156,16 @@ impl Mlp {
         dtype: SaveDtype,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), ModelError> {
+        write_atomic(path, &self.to_safetensors(path, dtype, metadata)?)
+    }
+
+    /// The bytes [`Mlp::save_weights`] writes; `path` names them in errors.
+    pub fn to_safetensors(
+        &self,
+        path: &Path,
+        dtype: SaveDtype,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, ModelError> {
         let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
         meta.entry(VERSION_KEY.into())
             .or_insert_with(|| self.version().to_string());
@@ -178,7 +200,7 @@ impl Mlp {
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
             .map_err(serialize_err)?;
         let bytes = safetensors::serialize(views, Some(meta)).map_err(serialize_err)?;
-        write_atomic(path, &sorted_header(bytes))
+        Ok(sorted_header(bytes))
     }
 }
 

@@ -141,25 +141,16 @@ impl Checkpoints {
     /// Writes `model` as version `from.version` (FP16, atomically) with its
     /// provenance.
     pub fn publish(&self, model: &Mlp, from: &Provenance) -> Result<PathBuf, ModelError> {
-        let version = from.version;
-        let mut metadata = BTreeMap::new();
-        metadata.insert("version".to_string(), version.to_string());
-        if let Some(parent) = from.parent {
-            metadata.insert(PARENT_KEY.to_string(), parent.to_string());
-        }
-        metadata.insert(GENERATION_KEY.to_string(), from.generation.to_string());
-        metadata.insert(
-            PARENT_GENERATION_KEY.to_string(),
-            from.parent_generation.to_string(),
-        );
-        metadata.insert(APPLIED_KEY.to_string(), from.applied_seq.to_string());
-        metadata.insert(CREATED_KEY.to_string(), unix_ms().to_string());
-        // The seed checkpoint of a fresh model stays marked as untrained.
-        if model.is_fresh() {
-            metadata.insert(crate::model::store::FRESH_KEY.to_string(), "true".into());
-        }
+        let path = self.weights_path(from.version);
+        model.save_weights(&path, SaveDtype::F16, &stamp(model, from))?;
+        Ok(path)
+    }
+
+    /// Writes a checkpoint's bytes as they came (a cluster replica keeps each version
+    /// it serves, as received from the trainer), atomically.
+    pub fn publish_bytes(&self, version: u64, bytes: &[u8]) -> Result<PathBuf, ModelError> {
         let path = self.weights_path(version);
-        model.save_weights(&path, SaveDtype::F16, &metadata)?;
+        crate::model::store::write_atomic(&path, bytes)?;
         Ok(path)
     }
 
@@ -182,6 +173,28 @@ impl Checkpoints {
         }
         deleted
     }
+}
+
+/// The safetensors metadata of a checkpoint: its version and provenance.
+pub fn stamp(model: &Mlp, from: &Provenance) -> BTreeMap<String, String> {
+    let version = from.version;
+    let mut metadata = BTreeMap::new();
+    metadata.insert("version".to_string(), version.to_string());
+    if let Some(parent) = from.parent {
+        metadata.insert(PARENT_KEY.to_string(), parent.to_string());
+    }
+    metadata.insert(GENERATION_KEY.to_string(), from.generation.to_string());
+    metadata.insert(
+        PARENT_GENERATION_KEY.to_string(),
+        from.parent_generation.to_string(),
+    );
+    metadata.insert(APPLIED_KEY.to_string(), from.applied_seq.to_string());
+    metadata.insert(CREATED_KEY.to_string(), unix_ms().to_string());
+    // The seed checkpoint of a fresh model stays marked as untrained.
+    if model.is_fresh() {
+        metadata.insert(crate::model::store::FRESH_KEY.to_string(), "true".into());
+    }
+    metadata
 }
 
 /// Which checkpoint the server serves: `state_dir/serving.json`, rewritten atomically

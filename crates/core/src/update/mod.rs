@@ -10,6 +10,9 @@
 //! - [`record`]: one training update.
 //! - [`codec`]: its byte form (WAL record = ring payload).
 //! - [`checkpoints`]: the checkpoint directory and the serving record.
+//! - [`feed`]: the ring and the WAL read as one in-order, exactly-once stream.
+//! - [`learner`]: training on that stream (mini-batches, replay, standardiser);
+//!   the update-worker and the cluster trainer both run it.
 //! - [`spec`]: what a worker is started with.
 //! - [`settings`]: the worker's training and supervision settings.
 //! - [`fence`]: which published versions are judged at all (worker generation and
@@ -19,8 +22,10 @@
 
 pub mod checkpoints;
 pub mod codec;
+pub mod feed;
 pub mod fence;
 pub mod guard;
+pub mod learner;
 pub mod record;
 pub mod settings;
 pub mod spec;

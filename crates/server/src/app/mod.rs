@@ -65,6 +65,7 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let memory = Memory::new(memory_config(config, model.embed_dim()))
         .context("cannot start the k-NN memory")?;
     let engine = Engine::new(EngineParts {
+        shared_pending: None,
         model,
         memory: memory.clone(),
         sink: Arc::new(LocalSink::new(memory, config.engine.drift_keep)),
@@ -81,6 +82,8 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
 #[derive(Debug)]
 pub struct Server {
     pub engine: Arc<Engine>,
+    /// This server's part in a cluster, if it is a replica.
+    pub cluster: Option<Arc<crate::cluster::Replica>>,
     pub updates: Arc<UpdatePath>,
     /// Stops the swap and snapshot tasks.
     stop_tasks: tokio::sync::watch::Sender<bool>,
@@ -223,9 +226,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .retain(|(id, _, _)| !restored.labelled.contains(id));
     // The newest request id any log holds.
     let newest_id = recovered.max_id.max(restored.max_origin);
+    // A replica's ids carry its number, so they are unique across the cluster.
+    let replica = if config.cluster.enabled() {
+        Some(
+            crate::cluster::Replica::new(
+                &config.cluster,
+                Duration::from_secs(config.engine.pending_ttl_secs),
+                state_dir.clone(),
+            )
+            .context("cannot set up the cluster link")?,
+        )
+    } else {
+        None
+    };
     let (request_ids, ids_origin) = RequestIds::open(
         &state_dir.join("request_ids"),
-        0,
+        u64::from(config.cluster.replica_id) * u64::from(replica.is_some()),
         ids::counter_of(newest_id),
     )
     .context("cannot reserve request ids")?;
@@ -252,6 +268,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let ring = rings
         .create(1)
         .context("cannot create the shared-memory ring")?;
+    let (share_tx, share_rx) = match &replica {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(config.cluster.share_queue);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let pipeline = Arc::new(
         Pipeline::start(PipelineParts {
             wal,
@@ -262,6 +285,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             memory_floor: restored.snapshot_seq,
             queue: config.wal.queue,
             group_max: config.wal.group_max,
+            share: share_tx,
         })
         .context("cannot start the WAL writer")?,
     );
@@ -274,6 +298,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             config: config.engine.clone(),
             batcher: config.batcher.clone(),
             max_client_batch: config.server.max_client_batch,
+            shared_pending: replica
+                .clone()
+                .map(|r| r as Arc<dyn crate::engine::SharedPending>),
         })
         .context("cannot start the model thread")?,
     );
@@ -295,8 +322,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         "pending predictions restored"
     );
     let alerts = Alerts::start(&config.alerts);
+    // A replica runs no worker: the cluster's trainer learns from every replica.
+    let mut worker_config = config.worker.clone();
+    worker_config.enabled &= replica.is_none();
     let worker = Supervisor::start(
-        config.worker.clone(),
+        worker_config,
         Deps {
             pipeline: pipeline.clone(),
             rings,
@@ -320,6 +350,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         settled: record.applied_seq,
     });
     let (stop_tasks, stop_rx) = tokio::sync::watch::channel(false);
+    if let (Some(replica), Some(share)) = (&replica, share_rx) {
+        let consumer = updates
+            .pipeline()
+            .ring()
+            .consumer()
+            .context("the ring already has a consumer: this is a bug")?;
+        let advertise = config
+            .cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
+        replica
+            .start(crate::cluster::Parts {
+                engine: engine.clone(),
+                updates: updates.clone(),
+                consumer,
+                wal_dir: state_dir.join("wal"),
+                floor: record.applied_seq,
+                advertise,
+                share,
+                stop: stop_rx.clone(),
+            })
+            .context("cannot start the cluster replica")?;
+        tracing::info!(replica = replica.id(), "cluster replica started");
+    }
     tokio::spawn(updates.clone().run_swaps(stop_rx.clone()));
     tokio::spawn(restore::snapshot_loop(
         engine.clone(),
@@ -351,6 +406,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     });
     Ok(Server {
         engine,
+        cluster: replica,
         updates,
         stop_tasks,
         memory_file: snapshot::file_in(&state_dir),
@@ -388,12 +444,17 @@ impl Server {
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests for
 /// at most `shutdown_timeout_ms` and shuts the update path down.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Install the recorder before anything records.
     crate::metrics::handle();
+    if config.cluster.enabled() && config.cluster.advertise.is_none() {
+        // The port as bound (0 in a config picks one).
+        let addr = listener.local_addr().context("listener has no address")?;
+        config.cluster.advertise = Some(format!("http://{addr}"));
+    }
     let server = start(&config).await?;
     let engine = server.engine.clone();
     engine
@@ -405,6 +466,7 @@ pub async fn run(
         server.updates.clone(),
         config.server.clone(),
     );
+    let _ = state.cluster.set(server.cluster.clone());
     let _ = state.recovery.set(server.recovery.clone());
     state.set_ready(true);
     let (stop_monitor, monitor_rx) = tokio::sync::watch::channel(false);

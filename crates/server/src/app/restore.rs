@@ -245,7 +245,10 @@ fn reembed(model: &Mlp, experiences: &mut [Experience]) -> Result<(), crate::mod
 }
 
 /// The memory keys `model` gives `rows` (one input each), in one forward pass.
-fn keys_of(model: &Mlp, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>, crate::model::ModelError> {
+pub(crate) fn keys_of(
+    model: &Mlp,
+    rows: &[&[f32]],
+) -> Result<Vec<Vec<f32>>, crate::model::ModelError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }

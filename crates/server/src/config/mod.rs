@@ -18,6 +18,7 @@ use adaptserve_core::settings::InvalidSetting;
 
 pub use crate::alerts::config::{AlertConfig, WebhookConfig, WebhookFormat};
 pub use crate::app::config::{Secret, ServerConfig};
+pub use crate::cluster::ClusterConfig;
 pub use crate::engine::config::{BatcherConfig, EngineConfig, FreshModel};
 pub use crate::knn::{KeyChoice, MemoryConfig};
 pub use crate::monitor::config::MonitorConfig;
@@ -37,6 +38,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub swap: SwapConfig,
     pub monitor: MonitorConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// A setting that is out of range, or a config file that cannot be read.
@@ -130,6 +132,7 @@ impl Config {
         self.swap.validate()?;
         self.monitor.validate()?;
         self.alerts.validate()?;
+        self.cluster.validate()?;
         let (e, m) = (&self.engine, &self.memory);
         if e.cold_start_threshold > m.capacity {
             return Err(invalid(

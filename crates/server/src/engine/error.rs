@@ -28,6 +28,10 @@ pub enum EngineError {
     UnknownLabelName { name: String },
     #[error("request_id {request_id} is unknown, expired, or already labelled")]
     UnknownRequest { request_id: u64 },
+    #[error(
+        "request_id {request_id} was answered by replica {replica}, and the cluster store that shares its prediction is unreachable; retry"
+    )]
+    SharedPendingUnavailable { request_id: u64, replica: u64 },
     #[error("the server is overloaded: {what} is full")]
     Overloaded { what: &'static str },
     #[error("the model is unavailable: {reason}")]

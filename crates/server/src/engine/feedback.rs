@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::ensemble::Example;
-use super::{Engine, EngineError, SinkError, Update, UpdateKind, check_finite};
+use super::{Engine, EngineError, RemoteClaim, SinkError, Update, UpdateKind, check_finite};
 
 /// What a label is attached to.
 #[derive(Debug, Clone)]
@@ -52,13 +52,10 @@ impl Engine {
         let label = self.resolve_label(&label)?;
         let (features, embedding, joined) = match target {
             FeedbackTarget::Request(request_id) => {
-                let pending = self
-                    .pending
-                    .take(request_id, Instant::now())
-                    .ok_or(EngineError::UnknownRequest { request_id })?;
+                let (pending, claimed) = self.take_pending(request_id).await?;
                 let features = pending.features.clone();
                 let embedding = pending.embedding.clone();
-                (features, embedding, Some((request_id, pending)))
+                (features, embedding, Some((request_id, pending, claimed)))
             }
             FeedbackTarget::Features(features) => {
                 let dim = self.model.load().input_dim();
@@ -89,7 +86,7 @@ impl Engine {
             label,
             weight: LABEL_TRUST,
             model_version: self.model.load().version(),
-            origin: joined.as_ref().map(|(request_id, _)| *request_id),
+            origin: joined.as_ref().map(|(request_id, ..)| *request_id),
             trust: LABEL_TRUST,
             priority: LABEL_PRIORITY,
             key: Some(embedding),
@@ -101,8 +98,8 @@ impl Engine {
         let seq = match logged {
             Ok(seq) => seq,
             Err(e) => {
-                if let Some((request_id, pending)) = joined {
-                    self.pending.insert(request_id, pending, Instant::now());
+                if let Some((request_id, pending, claimed)) = joined {
+                    self.put_back(request_id, pending, claimed);
                 }
                 return Err(match e {
                     SinkError::Full => EngineError::Overloaded {
@@ -122,7 +119,7 @@ impl Engine {
             label: label as usize,
             served: joined.is_some(),
         });
-        if let Some((_, pending)) = joined {
+        if let Some((_, pending, _)) = joined {
             // Hedge's step and each voter's score, from the votes of this prediction.
             self.ensemble.score(&pending.votes, label as usize);
             if self.gate.observe_label(pending.predicted != label) {
@@ -141,6 +138,77 @@ impl Engine {
         }
         self.stats.labels.fetch_add(1, Ordering::Relaxed);
         Ok(FeedbackReceipt { seq })
+    }
+
+    /// The prediction `request_id` for its label: from this replica's map, or in a
+    /// cluster claimed from the shared store first, so that one label joins it
+    /// cluster-wide. Also returns the shared record claimed, if any.
+    async fn take_pending(
+        &self,
+        request_id: u64,
+    ) -> Result<(super::PendingPrediction, Option<Vec<u8>>), EngineError> {
+        let unknown = EngineError::UnknownRequest { request_id };
+        let Some(shared) = &self.shared_pending else {
+            let local = self.pending.take(request_id, Instant::now());
+            return local.map(|p| (p, None)).ok_or(unknown);
+        };
+        match shared.claim(request_id).await {
+            RemoteClaim::Found(mut remote, record) => {
+                // Made here: the local copy is the same prediction; drop it either way.
+                if let Some(local) = self.pending.take(request_id, Instant::now()) {
+                    return Ok((local, Some(record)));
+                }
+                // Made elsewhere: a record carries no embedding; this model keys it.
+                let announcement = self.client.announce();
+                match self
+                    .client
+                    .forward(remote.features.clone(), 1, announcement)
+                    .await
+                {
+                    Ok(out) => {
+                        remote.embedding = out.embeddings;
+                        Ok((remote, Some(record)))
+                    }
+                    Err(e) => {
+                        shared.unclaim(request_id, record);
+                        Err(e.into())
+                    }
+                }
+            }
+            RemoteClaim::Answered => {
+                // Labelled on another replica: this one's copy must not join again.
+                let _ = self.pending.take(request_id, Instant::now());
+                Err(unknown)
+            }
+            RemoteClaim::Absent => {
+                let local = self.pending.take(request_id, Instant::now());
+                local.map(|p| (p, None)).ok_or(unknown)
+            }
+            RemoteClaim::Unreachable => match self.pending.take(request_id, Instant::now()) {
+                Some(local) => Ok((local, None)),
+                None if super::ids::replica_of(request_id) != self.ids.replica() => {
+                    Err(EngineError::SharedPendingUnavailable {
+                        request_id,
+                        replica: super::ids::replica_of(request_id),
+                    })
+                }
+                None => Err(unknown),
+            },
+        }
+    }
+
+    /// A refused label leaves its prediction waiting: here, and in the shared store
+    /// if it was claimed from there.
+    fn put_back(
+        &self,
+        request_id: u64,
+        pending: super::PendingPrediction,
+        claimed: Option<Vec<u8>>,
+    ) {
+        if let (Some(shared), Some(record)) = (&self.shared_pending, claimed) {
+            shared.unclaim(request_id, record);
+        }
+        self.pending.insert(request_id, pending, Instant::now());
     }
 
     /// The drift detector alarmed: the memory forgets all but its most recent

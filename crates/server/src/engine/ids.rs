@@ -125,6 +125,11 @@ impl RequestIds {
         ))
     }
 
+    /// The replica these ids name.
+    pub fn replica(&self) -> u64 {
+        self.replica
+    }
+
     /// The next id, or `None` when the reserved block is used up before the next
     /// reservation landed (counted; the caller answers 503 and the client retries).
     pub fn next(&self) -> Option<u64> {
@@ -201,7 +206,12 @@ impl RequestIds {
     }
 }
 
-/// The counter part of an id (its replica bits cleared).
+/// The replica that handed `id` out (0 for a standalone server).
+pub fn replica_of(id: u64) -> u64 {
+    id >> COUNTER_BITS
+}
+
+/// The counter part of `id` (the whole id for replica 0).
 pub fn counter_of(id: u64) -> u64 {
     id & ((1 << COUNTER_BITS) - 1)
 }

@@ -23,6 +23,7 @@ mod knn_voter;
 mod linear;
 mod model_voter;
 pub mod pending;
+mod shared;
 mod sink;
 #[cfg(test)]
 mod testing;
@@ -51,6 +52,7 @@ pub use infer::{InferPath, InferReply, Prediction, Timings};
 pub use knn_voter::knn_distribution;
 pub use linear::LinearVoter;
 pub use pending::{PendingMap, PendingPrediction};
+pub use shared::{RemoteClaim, SharedPending};
 pub use sink::{
     LocalSink, Receipt, SinkError, SinkStats, Update, UpdateKind, UpdateSink, feed_memory,
 };
@@ -112,6 +114,8 @@ pub struct EngineParts {
     pub config: EngineConfig,
     pub batcher: BatcherConfig,
     pub max_client_batch: usize,
+    /// In a cluster, where predictions made by other replicas are claimed.
+    pub shared_pending: Option<Arc<dyn SharedPending>>,
 }
 
 /// The serving engine. Shared as `Arc<Engine>` by every request.
@@ -135,6 +139,8 @@ pub struct Engine {
     /// search until a trial after `breaker_cooldown_ms` succeeds.
     breaker: CircuitBreaker,
     pending: PendingMap,
+    /// In a cluster, the store every replica's predictions are shared through.
+    shared_pending: Option<Arc<dyn SharedPending>>,
     sink: Arc<dyn UpdateSink>,
     /// Hands out request ids that never repeat (see `ids`).
     ids: RequestIds,
@@ -165,6 +171,7 @@ impl Engine {
             config,
             batcher,
             max_client_batch,
+            shared_pending,
         } = parts;
         let started_fresh = model.is_fresh();
         let model = Arc::new(ArcSwap::from_pointee(model));
@@ -202,6 +209,7 @@ impl Engine {
                 Duration::from_secs(config.pending_ttl_secs),
                 config.pending_capacity,
             ),
+            shared_pending,
             client: thread.client(),
             _model_thread: thread,
             model,

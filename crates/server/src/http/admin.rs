@@ -50,7 +50,9 @@ impl From<UpdateError> for ApiError {
     fn from(e: UpdateError) -> Self {
         match e {
             UpdateError::NoWorker => Self::Conflict(e.to_string()),
-            UpdateError::SyncTimeout { .. } => Self::Unavailable(e.to_string()),
+            UpdateError::SyncTimeout { .. } | UpdateError::Cluster(_) => {
+                Self::Unavailable(e.to_string())
+            }
             UpdateError::UnknownVersion { .. } => Self::NotFound(e.to_string()),
             UpdateError::Checkpoint { .. } => Self::Conflict(e.to_string()),
             UpdateError::Log(_) => Self::Unavailable(e.to_string()),

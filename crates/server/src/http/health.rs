@@ -57,6 +57,29 @@ fn worker_component(status: &Status) -> Component {
     }
 }
 
+/// A replica's link to the cluster rated in place of the worker: yellow while
+/// Redis is away (serving goes on; labels wait in the WAL and reach the local
+/// memory), never red.
+fn cluster_component(c: &crate::cluster::ClusterStatus) -> Component {
+    if c.redis_up {
+        component(
+            Light::Green,
+            format!(
+                "replica {}, Redis up, {} updates unsent",
+                c.replica_id, c.forward.unsent
+            ),
+        )
+    } else {
+        component(
+            Light::Yellow,
+            format!(
+                "replica {}: Redis is unreachable; serving on, {} updates wait in the WAL",
+                c.replica_id, c.forward.unsent
+            ),
+        )
+    }
+}
+
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Value>) {
     let status = Status::collect(&state);
     let model = if status.ready {
@@ -89,7 +112,10 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
         Light::Green
     };
     let queue = component(queue_light, format!("{queued} of {capacity} queued"));
-    let worker = worker_component(&status);
+    let (worker_name, worker) = match &status.cluster {
+        Some(cluster) => ("cluster", cluster_component(cluster)),
+        None => ("worker", worker_component(&status)),
+    };
     let alerts = if status.alerts.active.is_empty() {
         component(Light::Green, "none firing")
     } else {
@@ -113,18 +139,18 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, A
     } else {
         StatusCode::OK
     };
+    let mut components = serde_json::Map::new();
+    components.insert("model".into(), json!(model));
+    components.insert("memory".into(), json!(memory));
+    components.insert("queue".into(), json!(queue));
+    components.insert(worker_name.into(), json!(worker));
+    components.insert("alerts".into(), json!(alerts));
     let body = json!({
         "status": overall,
         "mode": status.mode,
         "worker": status.worker,
         "health_metrics": state.monitor.last().map(|h| json!(*h)),
-        "components": {
-            "model": model,
-            "memory": memory,
-            "queue": queue,
-            "worker": worker,
-            "alerts": alerts,
-        },
+        "components": components,
     });
     (code, AppJson(body))
 }
@@ -142,6 +168,22 @@ pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Ap
             AppJson(json!({"status": "not_ready"})),
         )
     }
+}
+
+/// `GET /v1/cluster`: every replica and the trainer, as Redis has them.
+pub(super) async fn cluster(
+    State(state): State<Arc<AppState>>,
+) -> Result<AppJson<Value>, super::error::ApiError> {
+    let Some(replica) = state.replica() else {
+        return Err(super::error::ApiError::NotFound(
+            "this server is standalone, not a cluster replica (start it with --cluster)".into(),
+        ));
+    };
+    replica
+        .view(state.engine.model().version())
+        .await
+        .map(AppJson)
+        .map_err(|e| super::error::ApiError::Unavailable(e.to_string()))
 }
 
 pub(super) async fn status(State(state): State<Arc<AppState>>) -> AppJson<Status> {

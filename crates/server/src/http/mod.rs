@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(admin)
         .route("/v1/status", get(health::status))
+        .route("/v1/cluster", get(health::cluster))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

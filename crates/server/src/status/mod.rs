@@ -50,6 +50,8 @@ pub struct Status {
     /// What the server rebuilt from its state dir at start (see `app::restore`).
     pub recovery: Option<serde_json::Value>,
     pub batcher: Batcher,
+    /// This server's part in a cluster (`null` when standalone).
+    pub cluster: Option<crate::cluster::ClusterStatus>,
     /// Whether `/health/ready` answers 200: ready, and the model thread alive.
     #[serde(skip)]
     pub ready: bool,
@@ -343,6 +345,7 @@ impl Status {
                 rejected: load(&b.rejected),
                 target_batch: b.target_batch.load(Ordering::Relaxed),
             },
+            cluster: state.replica().map(|r| r.status(pipeline.last_seq())),
             ready: state.is_ready(),
             worker_enabled: updates.worker().enabled(),
         }

@@ -94,6 +94,16 @@ impl Default for SwapConfig {
     }
 }
 
+impl SwapConfig {
+    /// The guard's thresholds (the server's swap task and a cluster's trainer).
+    pub fn rules(&self) -> adaptserve_core::update::guard::Rules {
+        adaptserve_core::update::guard::Rules {
+            kl_reject_threshold: self.kl_reject_threshold,
+            unguarded_labels: self.unguarded_labels,
+        }
+    }
+}
+
 impl WalSection {
     /// Refuses out-of-range settings, naming each as `wal.<key>`.
     pub fn validate(&self) -> Result<(), InvalidSetting> {

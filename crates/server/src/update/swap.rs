@@ -44,7 +44,7 @@ use tokio::sync::watch;
 
 use super::checkpoints::{Checkpoints, ServingRecord, provenance};
 use super::fence::{Admission, Provenance, admit};
-use super::guard::{Evidence, Rules, judge};
+use super::guard::{Evidence, judge};
 use super::pipeline::Pipeline;
 use crate::alerts::{Alerts, Severity};
 use crate::config::SwapConfig;
@@ -58,6 +58,8 @@ use crate::supervisor::{StartPoint, Supervisor};
 pub enum UpdateError {
     #[error("no update worker is configured, so the weights do not learn")]
     NoWorker,
+    #[error("the cluster's trainer cannot be asked to publish: {0}")]
+    Cluster(String),
     #[error(
         "updates up to seq {target} were not applied within {timeout_ms} ms (applied through {settled})"
     )]
@@ -148,6 +150,17 @@ pub struct UpdatePath {
     /// Serialises swaps and rollbacks (an admin-path lock, never on the request path).
     versions: tokio::sync::Mutex<()>,
     stats: SwapStats,
+    /// In a cluster, the trainer that learns in place of a worker.
+    remote: std::sync::OnceLock<Arc<dyn RemoteTrainer>>,
+}
+
+/// A trainer outside this process (a cluster's): the sync barrier asks it to
+/// publish, and its versions arrive through [`UpdatePath::adopt`].
+pub trait RemoteTrainer: Send + Sync + std::fmt::Debug {
+    /// Asks for a version holding everything this replica has logged so far.
+    fn request_sync(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl UpdatePath {
@@ -164,7 +177,42 @@ impl UpdatePath {
             settled: watch::Sender::new(parts.settled),
             versions: tokio::sync::Mutex::new(()),
             stats: SwapStats::default(),
+            remote: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Learns through `trainer` from now on, instead of a worker (cluster mode; set
+    /// once).
+    pub fn set_remote(&self, trainer: Arc<dyn RemoteTrainer>) {
+        let _ = self.remote.set(trainer);
+    }
+
+    /// The remote trainer, in a cluster.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteTrainer>> {
+        self.remote.get()
+    }
+
+    /// Serves `model` (version `version`, checked by the caller: a cluster
+    /// replica verifies its checksum and its fencing token), with every update of
+    /// this replica's WAL at or below `floor` learned: the serving record, the WAL
+    /// truncation and the sync barrier follow, as after a worker's version.
+    pub async fn adopt(&self, model: Mlp, version: u64, floor: u64) {
+        let _guard = self.versions.lock().await;
+        self.engine.swap_model(model);
+        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        // What the weights have learned of this replica, as a worker reports it.
+        self.pipeline.ring().set_applied_seq(floor);
+        self.commit_serving(version, floor).await;
+    }
+
+    /// The version serving now.
+    pub fn engine_version(&self) -> u64 {
+        self.engine.model().version()
+    }
+
+    /// The checkpoint store (a cluster replica keeps the versions it serves there).
+    pub fn store(&self) -> &Checkpoints {
+        &self.store
     }
 
     /// The WAL pipeline.
@@ -258,10 +306,7 @@ impl UpdatePath {
             started_fresh: self.engine.started_fresh(),
             labels: self.engine.stats().labels.load(Ordering::Relaxed),
         };
-        let rules = Rules {
-            kl_reject_threshold: self.config.kl_reject_threshold,
-            unguarded_labels: self.config.unguarded_labels,
-        };
+        let rules = self.config.rules();
         let verdict = judge(&evidence, &rules);
         let floor = from.applied_seq.max(self.settled());
         if !verdict.accepts() {

@@ -94,6 +94,8 @@ struct Shared {
     pending_bytes: AtomicU64,
     /// Pending predictions queued and not yet taken by the writer.
     remembering: std::sync::atomic::AtomicUsize,
+    /// Pending records not handed to the cluster's shipper (its queue was full).
+    unshared: AtomicU64,
 }
 
 /// The update pipeline's handle: cheap to share, never blocks.
@@ -113,6 +115,10 @@ pub struct Pipeline {
     snapshot_lock: Mutex<()>,
     /// The memory the writer feeds, for its snapshots.
     memory: Arc<Memory>,
+    /// Called after each memory snapshot is written, under the snapshot lock (a
+    /// cluster replica records there how far its memory has read the shared
+    /// stream, so a restart neither misses nor repeats what the snapshot holds).
+    after_snapshot: std::sync::OnceLock<Hook>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -127,6 +133,15 @@ impl std::fmt::Debug for Command {
             Self::Control(Control::NewRing(..)) => "NewRing",
             Self::Control(Control::Shutdown(_)) => "Shutdown",
         })
+    }
+}
+
+/// A callback, shown by name only.
+struct Hook(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
     }
 }
 
@@ -149,6 +164,9 @@ pub struct PipelineParts {
     pub queue: usize,
     /// Commands handled per commit at most (`wal.group_max`).
     pub group_max: usize,
+    /// In a cluster, where each pending record also goes once logged (to be
+    /// shared with the other replicas); bounded, a full queue drops and counts.
+    pub share: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Pipeline {
@@ -165,6 +183,7 @@ impl Pipeline {
             memory_floor,
             queue,
             group_max,
+            share,
         } = parts;
         let producer = ring.producer().ok_or_else(|| {
             std::io::Error::other("the ring already has a producer: this is a bug")
@@ -186,6 +205,7 @@ impl Pipeline {
             drift_keep,
             shared: shared.clone(),
             group_max,
+            share,
         };
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -197,6 +217,7 @@ impl Pipeline {
             remember_budget: (queue / 2).max(1),
             snapshot_lock: Mutex::new(()),
             memory,
+            after_snapshot: std::sync::OnceLock::new(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -240,6 +261,11 @@ impl Pipeline {
         self.shared.pending_dropped.load(Ordering::Relaxed)
     }
 
+    /// Pending records the cluster's shipper had no room for.
+    pub fn unshared(&self) -> u64 {
+        self.shared.unshared.load(Ordering::Relaxed)
+    }
+
     /// Bytes of pending log on disk.
     pub fn pending_bytes(&self) -> u64 {
         self.shared.pending_bytes.load(Ordering::Relaxed)
@@ -258,7 +284,15 @@ impl Pipeline {
         };
         let seq = snapshot::save(&self.memory, shape, file)?;
         self.raise_memory_floor(seq);
+        if let Some(Hook(after)) = self.after_snapshot.get() {
+            after();
+        }
         Ok(seq)
+    }
+
+    /// Sets what runs after each memory snapshot (once).
+    pub fn set_after_snapshot(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.after_snapshot.set(Hook(f));
     }
 
     /// A snapshot reflecting the log through `seq` is on disk.

@@ -61,6 +61,7 @@ fn start_with(dir: &std::path::Path, ring_slots: usize, memory: Arc<Memory>) -> 
         memory_floor: 0,
         queue: 64,
         group_max: 16,
+        share: None,
     })
     .unwrap()
 }
@@ -186,6 +187,7 @@ async fn truncation_keeps_what_the_memory_snapshot_does_not_cover() {
         memory_floor: 0,
         queue: 64,
         group_max: 1,
+        share: None,
     })
     .unwrap();
     for i in 0..20 {

@@ -28,6 +28,7 @@ pub(super) struct Writer {
     pub(super) drift_keep: u64,
     pub(super) shared: Arc<Shared>,
     pub(super) group_max: usize,
+    pub(super) share: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Writer {
@@ -100,9 +101,18 @@ impl Writer {
                 },
                 Command::Remember { record, update } => {
                     self.shared.remembering.fetch_sub(1, Ordering::Relaxed);
-                    if let Err(e) = self.pending.append_prediction(&record) {
-                        self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "a pending prediction was not logged");
+                    match self.pending.append_prediction(&record) {
+                        Ok(()) => {
+                            if let Some(share) = &self.share
+                                && share.try_send(record).is_err()
+                            {
+                                self.shared.unshared.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            self.shared.pending_dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "a pending prediction was not logged");
+                        }
                     }
                     if let Some((payload, update)) = update {
                         match self.wal.append(&payload) {

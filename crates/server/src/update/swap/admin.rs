@@ -17,13 +17,19 @@ impl UpdatePath {
     /// The barrier: returns once every update accepted before the call is in the
     /// serving weights (or was skipped with a rejected version).
     pub async fn sync(&self) -> Result<SyncReply, UpdateError> {
-        if !self.worker.enabled() {
+        let remote = self.remote.get();
+        if !self.worker.enabled() && remote.is_none() {
             return Err(UpdateError::NoWorker);
         }
         let target = self.pipeline.barrier().await?;
         let mut settled = self.settled.subscribe();
         if *settled.borrow() < target {
-            self.pipeline.ring().request_sync(target);
+            match remote {
+                // The forwarder ships the WAL through `target`; the trainer learns
+                // it and publishes; the follower adopts the version and settles.
+                Some(trainer) => trainer.request_sync().await.map_err(UpdateError::Cluster)?,
+                None => self.pipeline.ring().request_sync(target),
+            }
             let timeout = Duration::from_millis(self.config.sync_timeout_ms);
             let waited = tokio::time::timeout(timeout, settled.wait_for(|s| *s >= target)).await;
             if !matches!(waited, Ok(Ok(_))) {

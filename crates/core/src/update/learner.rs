@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use adaptserve_core::model::{Mlp, Trainer, TrainerSettings};
-use adaptserve_core::update::WorkerConfig;
-use adaptserve_core::update::{Update, UpdateKind};
+use crate::model::{Mlp, Trainer, TrainerSettings};
+use crate::update::WorkerConfig;
+use crate::update::{Update, UpdateKind};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn a_drift_marker_keeps_only_the_most_recent_labels_for_replay() {
         let dir = tempfile::tempdir().unwrap();
-        adaptserve_core::model::init_model(2, 2, &[4], 1, dir.path()).unwrap();
+        crate::model::init_model(2, 2, &[4], 1, dir.path()).unwrap();
         let model = Mlp::load(dir.path()).unwrap();
         let settings = WorkerConfig {
             replay_keep_on_drift: 5,

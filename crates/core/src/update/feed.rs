@@ -1,4 +1,5 @@
-//! The worker's input: every update exactly once, in sequence order.
+//! A consumer's input: every update exactly once, in sequence order. The
+//! update-worker trains on it; a cluster replica's forwarder ships it to Redis.
 //!
 //! The ring is the fast path and may skip (a full ring drops; a restarted worker
 //! re-reads a slot its predecessor read but never freed). The WAL is the truth. So the
@@ -12,9 +13,10 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use adaptserve_core::ipc::Consumer;
-use adaptserve_core::update::Update;
-use adaptserve_core::update::codec;
+use crate::ipc::Consumer;
+use crate::update::Update;
+use crate::update::codec;
+use crate::wal::WalError;
 
 /// Most updates read back from the WAL in one go, to bound the worker's memory.
 const REPLAY_CHUNK: u64 = 4_096;
@@ -54,8 +56,17 @@ impl Feed {
         self.delivered
     }
 
+    /// Goes back to hand out `delivered + 1` next: what was handed out after it is
+    /// read again from the WAL (a cluster forwarder whose Redis lost records).
+    pub fn rewind(&mut self, delivered: u64) {
+        if delivered < self.delivered {
+            self.delivered = delivered;
+            self.pending.clear();
+        }
+    }
+
     /// The next update, if one is available now.
-    pub fn next(&mut self) -> anyhow::Result<Option<(u64, Update)>> {
+    pub fn next_update(&mut self) -> Result<Option<(u64, Update)>, WalError> {
         loop {
             if let Some(next) = self.pending.pop_front() {
                 return Ok(Some(next));
@@ -91,12 +102,12 @@ impl Feed {
 
     /// Reads `delivered+1 ..= min(through, delivered+REPLAY_CHUNK)` from the WAL into
     /// `pending`, advancing `delivered` past what it read.
-    fn replay_through(&mut self, through: u64) -> anyhow::Result<()> {
+    fn replay_through(&mut self, through: u64) -> Result<(), WalError> {
         let from = self.delivered + 1;
         let last = through.min(self.delivered + REPLAY_CHUNK);
         let mut expected = from;
         let pending = &mut self.pending;
-        adaptserve_core::wal::replay(&self.wal_dir, from, |seq, payload| {
+        crate::wal::replay(&self.wal_dir, from, |seq, payload| {
             if seq > last {
                 return ControlFlow::Break(());
             }

@@ -1,0 +1,32 @@
+//! Predictions shared beyond this process: in a cluster, a label may reach a
+//! replica other than the one that answered, so a feedback by `request_id` first
+//! *claims* its prediction from the shared store (the cluster module implements
+//! this over Redis). A claim both finds a prediction made elsewhere and makes sure
+//! that, cluster-wide, one label joins it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::pending::PendingPrediction;
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum RemoteClaim {
+    /// The prediction, with its shared record (to put back if the label cannot be
+    /// logged).
+    Found(PendingPrediction, Vec<u8>),
+    /// Another label claimed it first.
+    Answered,
+    /// The store has nothing for it (never shipped, expired).
+    Absent,
+    /// The store cannot be reached now.
+    Unreachable,
+}
+
+/// The shared store of pending predictions.
+pub trait SharedPending: Send + Sync + std::fmt::Debug {
+    /// Claims prediction `request_id` for a label.
+    fn claim(&self, request_id: u64) -> Pin<Box<dyn Future<Output = RemoteClaim> + Send + '_>>;
+    /// Puts a claimed record back (its label was refused), in the background.
+    fn unclaim(&self, request_id: u64, record: Vec<u8>);
+}
