@@ -17,8 +17,11 @@
 #
 # With PyYAML (python3 -c 'import yaml') the YAML is parsed; without it, or with
 # CHECK_DEPLOY_NO_YAML=1, a coarser grep of the same rules runs. haproxy -c and
-# nginx -t validate the configs when those binaries are installed.
+# nginx -t validate the configs when those binaries are installed, and a built
+# adaptserve (ADAPTSERVE_BIN, else target/release or target/debug under
+# CARGO_TARGET_DIR) parses cluster.sh's serve and train command lines.
 set -uo pipefail
+shopt -s extglob
 cd "$(dirname "$0")/.." || exit 1
 
 failures=0 checks=0
@@ -44,6 +47,41 @@ if [ -z "$health_path" ] || [ -z "$balance" ]; then
   exit 1
 fi
 echo
+
+# --- the reference parses with the binary, when one is built ---------------------------
+# clap rejects an unknown flag before it reaches --help, so this proves each flag of
+# cluster.sh's commands (and so of deploy/'s, held to the same sets below) exists.
+bin=${ADAPTSERVE_BIN:-}
+for candidate in "${CARGO_TARGET_DIR:-target}/release/adaptserve" "${CARGO_TARGET_DIR:-target}/debug/adaptserve"; do
+  [ -n "$bin" ] || { [ -x "$candidate" ] && bin=$candidate; }
+done
+if [ -n "$bin" ] && [ -x "$bin" ]; then
+  while read -r line; do
+    read -ra argv <<<"${line//\{*([A-Z_])\}/0}"
+    [ "${argv[1]:-}" = serve ] || [ "${argv[1]:-}" = train ] || continue
+    if msg=$("$bin" "${argv[@]:1}" --help 2>&1 >/dev/null); then
+      ok "$bin accepts: ${argv[*]:1}"
+    else
+      bad "$bin refuses cluster.sh's command ${argv[*]:1}: $(head -1 <<<"$msg")"
+    fi
+  done <<<"$ref"
+else
+  echo "(no adaptserve binary built: the commands are not parsed by it)"
+fi
+
+# --- label affinity: the template's replica id is the server's -------------------------
+# The template routes a label to the replica whose id is request_id / 2^COUNTER_BITS;
+# the server's ids.rs decides COUNTER_BITS. A change there must be followed here.
+ids_rs=crates/server/src/engine/ids.rs
+bits=$(awk '$1 == "pub" && $2 == "const" && $3 == "COUNTER_BITS:" { gsub(/;/, "", $NF); print $NF }' "$ids_rs" 2>/dev/null)
+divisor=$(grep -oE 'div\([0-9]+\)' deploy/haproxy.cfg.tmpl | grep -oE '[0-9]+' | head -1)
+if [ -z "$bits" ]; then
+  bad "$ids_rs: no COUNTER_BITS, so the label affinity's divisor ($divisor) in deploy/haproxy.cfg.tmpl cannot be checked"
+else
+  expect "deploy/haproxy.cfg.tmpl: label affinity divides request_id by 2^$bits, the counter bits of $ids_rs" \
+    "deploy/haproxy.cfg.tmpl: label affinity divides by ${divisor:-nothing}, but request ids keep the replica above 2^$bits ($((1 << bits))) in $ids_rs" \
+    test "$divisor" = "$((1 << bits))"
+fi
 
 # --- the Dockerfile (plain text: grep in both modes) ------------------------------------
 df=deploy/Dockerfile
@@ -224,6 +262,8 @@ for name, svc, f in replicas:
         volumes[src] = name
     if image_volume and f.get("--state-dir") != image_volume:
         bad(f"{where}: --state-dir {f.get('--state-dir')} is not the image's VOLUME {image_volume} (owned by its user)")
+    if f.get("--advertise") != f"http://{name}:{f.get('--port')}":
+        bad(f"{where}: --advertise {f.get('--advertise')} where the service is reached at http://{name}:{f.get('--port')}")
     hc = " ".join(map(str, (svc.get("healthcheck") or {}).get("test", [])))
     if health not in hc:
         bad(f"{where}: healthcheck {hc!r} does not probe {health}")
@@ -348,6 +388,12 @@ for where, d, c, f, script in k_replica_sets:
         ok(f"{where}: --replica-id is the pod ordinal + 1 ({var} suffix), ids 1..{n}")
     if f.get("--host") != "0.0.0.0":
         bad(f"{where}: --host {f.get('--host')} (a pod must bind 0.0.0.0)")
+    ns_var = next((k for k, v in env.items() if v == "metadata.namespace"), None)
+    want_adv = f"http://${{{var}}}.{d['spec'].get('serviceName')}.${{{ns_var}}}.svc.cluster.local:{f.get('--port')}"
+    if f.get("--advertise") != want_adv:
+        bad(f"{where}: --advertise {f.get('--advertise')}, where the pod is reached at {want_adv}")
+    else:
+        ok(f"{where}: --advertise is the pod's DNS name through {d['spec'].get('serviceName')}")
     probe = (c.get("readinessProbe") or {}).get("httpGet", {})
     cport = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     pport = cport.get(probe.get("port"), probe.get("port"))

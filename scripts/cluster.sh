@@ -8,7 +8,8 @@
 #   scripts/cluster.sh status RUN_DIR      which of its processes run, and GET /v1/cluster
 #   scripts/cluster.sh restart RUN_DIR NAME  start one process of a detached cluster
 #                                          again (NAME: replica-2, trainer-1, redis, haproxy),
-#                                          on the same ports and state dir
+#                                          on the same ports and state dir (haproxy with
+#                                          its config rendered again from the template)
 #   scripts/cluster.sh --print-commands [flags]   the command lines it runs, one a line,
 #                                          with {RUN}, {BIN}, {REDIS_PORT}, {PORT} for
 #                                          the run dir, the binary and the ports
@@ -40,7 +41,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 template="$repo/deploy/haproxy.cfg.tmpl"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 say() { echo "cluster.sh: $*" >&2; }
 
 # --- the commands ---------------------------------------------------------------------
@@ -61,6 +62,7 @@ build_cmd() {
     replica-*)
       cmd=("$bin" serve --cluster "$redis_url" --replica-id "${name#replica-}"
         --host 127.0.0.1 --port "$(replica_port "${name#replica-}")"
+        --advertise "http://127.0.0.1:$(replica_port "${name#replica-}")"
         --state-dir "$run_dir/$name" ${model:+--model "$model"}) ;;
     haproxy)
       cmd=(haproxy -db -f "$run_dir/haproxy.cfg") ;;
@@ -94,7 +96,8 @@ quote_cmd() {
   printf '%s\n' "$out"
 }
 
-# render_haproxy BIND PORT HOST:PORT...: the template with one server line per replica.
+# render_haproxy BIND PORT HOST:PORT...: the template with a server line and its label
+# affinity rule per replica; the i-th address is the replica with --replica-id i.
 render_haproxy() {
   local bind=$1 port=$2 servers="" i=0 addr
   shift 2
@@ -102,6 +105,7 @@ render_haproxy() {
   for addr in "$@"; do
     i=$((i + 1))
     servers+="    server replica-$i $addr"$'\n'
+    servers+="    use-server replica-$i if { var(txn.made_by) -m int $i }"$'\n'
   done
   echo "# Rendered from deploy/haproxy.cfg.tmpl by scripts/cluster.sh haproxy-config; edit the template, not this copy."
   BIND=$bind PORT=$port SERVERS=$servers awk '
@@ -110,13 +114,27 @@ render_haproxy() {
     { gsub(/@BIND@/, ENVIRON["BIND"]); gsub(/@PORT@/, ENVIRON["PORT"]); print }' "$template"
 }
 
+# RUN/haproxy.cfg: the template for this run's replicas, checked by HAProxy itself.
+write_haproxy_cfg() {
+  local servers=() i
+  for ((i = 1; i <= replicas; i++)); do servers+=("127.0.0.1:$(replica_port "$i")"); done
+  render_haproxy 127.0.0.1 "$lb_port" "${servers[@]}" >"$run_dir/haproxy.cfg"
+  haproxy -c -q -f "$run_dir/haproxy.cfg" || die "HAProxy refused $run_dir/haproxy.cfg"
+}
+
 # --- processes ------------------------------------------------------------------------
 
 names=() pids=()
 
 # Start time of a pid (clock ticks since boot), so a pid reused by another program is
 # never taken for ours.
-proc_start() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $20 }'; }
+# A pid that is gone (or 0, for a process known to be gone) has none: empty output.
+proc_start() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  awk '{ print $20 }' <<<"$stat"
+}
 
 launch() {
   local name=$1
@@ -239,7 +257,7 @@ load_run() {
   names=() pids=()
   for entry in $PROCESSES; do
     IFS=: read -r name pid start <<<"$entry"
-    [ "$(proc_start "$pid")" = "$start" ] || pid=0
+    if [ "$pid" = 0 ] || [ -z "$start" ] || [ "$(proc_start "$pid")" != "$start" ]; then pid=0; fi
     names+=("$name") pids+=("$pid")
   done
 }
@@ -275,6 +293,17 @@ cmd_restart() {
     [ "${names[i]}" = "$name" ] || continue
     found=1
     if [ "${pids[i]}" != 0 ]; then stop_pid "$name" "${pids[i]}"; fi
+    local port=""
+    case $name in
+      redis) port=$redis_port ;;
+      haproxy) port=$lb_port ;;
+      replica-*) port=$(replica_port "${name#replica-}") ;;
+    esac
+    # The balancer comes back with the template as it is now.
+    if [ "$name" = haproxy ]; then write_haproxy_cfg; fi
+    if [ -n "$port" ] && port_in_use "$port"; then
+      die "port $port is taken by a process this run does not know (not $name's recorded pid); stop it first"
+    fi
     launch "$name"
     pids[i]=${pids[-1]}
     unset 'names[-1]' 'pids[-1]'
@@ -376,10 +405,7 @@ trap on_exit EXIT
 trap 'say "stopping"; exit 130' INT
 trap 'say "stopping"; exit 143' TERM
 
-servers=()
-for ((i = 1; i <= replicas; i++)); do servers+=("127.0.0.1:$(replica_port "$i")"); done
-render_haproxy 127.0.0.1 "$lb_port" "${servers[@]}" >"$run_dir/haproxy.cfg"
-haproxy -c -q -f "$run_dir/haproxy.cfg" || die "HAProxy refused $run_dir/haproxy.cfg"
+write_haproxy_cfg
 
 # Redis first, then the trainers and the replicas side by side; the balancer starts once
 # every replica is ready, so it begins with all of them up.
