@@ -147,9 +147,11 @@ launch() {
   say "started $name (pid $!): $(quote_cmd "${cmd[@]}")"
 }
 
-# stop_pid NAME PID: SIGTERM, then SIGKILL after 15 s.
+# stop_pid NAME PID: SIGTERM, then SIGKILL after 15 s. PID 0 stands for a process
+# known to be gone, and must never reach kill, where 0 means our own process group.
 stop_pid() {
   local name=$1 pid=$2 i
+  [[ $pid =~ ^[1-9][0-9]*$ ]] || return 0
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || return 0
   for ((i = 0; i < 150; i++)); do
