@@ -32,8 +32,9 @@
 # wait for each replica, default 90), and any ADAPTSERVE_* setting of `serve`, which
 # the replicas inherit (ADAPTSERVE_ADMIN_TOKEN opens /v1/admin/sync).
 #
-# Without --detach it stays in the foreground, reports a process that exits, and stops
-# everything on Ctrl-C or SIGTERM. Exit status: 0 after a clean stop, 1 when a
+# Without --detach it stays in the foreground, reports a process that exits, and on
+# Ctrl-C or SIGTERM stops everything (balancer first, Redis last) and exits 130 or 143.
+# Other exit statuses: 0 once a detached cluster is up (or stopped), 1 when a
 # prerequisite is missing or the cluster did not come up, 2 on a usage error.
 set -euo pipefail
 
