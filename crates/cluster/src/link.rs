@@ -64,6 +64,20 @@ impl From<redis::RedisError> for ClusterError {
     }
 }
 
+/// Whether an error says the connection was gone (as opposed to a timeout).
+fn is_dropped(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+        "dropped",
+        "terminated",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
+}
+
 /// The connection's own response timeout beyond the call's: longer than any
 /// blocking read.
 const BACKSTOP: Duration = Duration::from_secs(30);
@@ -142,8 +156,24 @@ impl Link {
         &self.keys
     }
 
-    /// Runs `cmd`, bounded by the timeout (plus `extra`, for a blocking read).
+    /// Runs `cmd`, bounded by the timeout (plus `extra`, for a blocking read). A
+    /// command that fails on a dropped connection (Redis restarted since the last
+    /// call) is sent once more on the new one: every plain command the cluster
+    /// sends is safe to repeat. Scripts are not retried here; their callers decide.
     pub async fn query(
+        &self,
+        cmd: &redis::Cmd,
+        extra: Duration,
+    ) -> Result<redis::Value, ClusterError> {
+        match self.query_once(cmd, extra).await {
+            Err(ClusterError::Unreachable(e)) if is_dropped(&e) => {
+                self.query_once(cmd, extra).await
+            }
+            other => other,
+        }
+    }
+
+    async fn query_once(
         &self,
         cmd: &redis::Cmd,
         extra: Duration,

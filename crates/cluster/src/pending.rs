@@ -8,7 +8,8 @@
 //! for the same id, on any replica, finds the tombstone and is refused as already
 //! answered. A claim that finds nothing leaves a tombstone too, so a record shipped
 //! late (after its label was joined at the replica that holds it) can never be
-//! claimed again: shipping writes only where no key exists.
+//! claimed again: shipping writes only where no key exists. A label joined
+//! without a claim (Redis was away) is marked answered when Redis is back.
 
 use std::time::Duration;
 
@@ -45,13 +46,23 @@ redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 return v
 ";
 
-/// Ships `(id, record)` pairs with `ttl`, never over an existing key.
+/// Ships `(id, record)` pairs with `ttl`, never over an existing key, and marks
+/// the `answered` ids (labels joined on the replica that holds them) as claimed.
 pub async fn ship(
     link: &Link,
     records: &[(u64, Vec<u8>)],
+    answered: &[u64],
     ttl: Duration,
 ) -> Result<(), ClusterError> {
     let mut pipe = redis::pipe();
+    for id in answered {
+        pipe.cmd("SET")
+            .arg(link.keys().pending(*id))
+            .arg(TOMBSTONE)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore();
+    }
     for (id, record) in records {
         pipe.cmd("SET")
             .arg(link.keys().pending(*id))
