@@ -105,11 +105,24 @@ pub struct Replica {
     pub proc: Option<Proc>,
     redis: String,
     log: PathBuf,
+    /// A TOML config file, if the test gives one.
+    config: Option<PathBuf>,
 }
 
 impl Replica {
     pub fn start(redis: &Redis, id: u16, root: &Path) -> Self {
+        Self::start_with(redis, id, root, None)
+    }
+
+    /// Starts with `toml` as its config file.
+    pub fn start_with(redis: &Redis, id: u16, root: &Path, toml: Option<&str>) -> Self {
+        let config = toml.map(|toml| {
+            let path = root.join(format!("replica-{id}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            path
+        });
         let mut replica = Self {
+            config,
             id,
             port: free_port(),
             state: root.join(format!("replica-{id}")),
@@ -128,8 +141,12 @@ impl Replica {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
-            .arg("serve")
+        let mut command = Command::new(BIN);
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .args(["--cluster", &self.redis])
             .args(["--replica-id", &self.id.to_string()])
             .args(["--port", &self.port.to_string()])
@@ -198,9 +215,20 @@ impl Replica {
 
 /// A trainer: `adaptserve train --cluster`.
 pub fn trainer(redis: &Redis, name: &str, root: &Path) -> Proc {
+    trainer_with(redis, name, root, None)
+}
+
+/// A trainer with `toml` as its config file.
+pub fn trainer_with(redis: &Redis, name: &str, root: &Path, toml: Option<&str>) -> Proc {
     let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(BIN)
-        .arg("train")
+    let mut command = Command::new(BIN);
+    command.arg("train");
+    if let Some(toml) = toml {
+        let path = root.join(format!("{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        command.arg("--config").arg(path);
+    }
+    let child = command
         .args(["--cluster", &redis.url()])
         .arg("--model")
         .arg(model())

@@ -28,9 +28,14 @@ fn a_label_joins_its_prediction_on_any_replica_once_and_is_learned_once() {
         ids.iter().all(|id| id >> 43 == 1),
         "ids name replica 1: {ids:?}"
     );
-    // The records reach Redis within the shipper's round trip.
-    std::thread::sleep(Duration::from_millis(500));
     let mut acknowledged = 0;
+    // Labelled on B the moment A answers: B waits out the record's way to Redis.
+    for i in 0..20 {
+        let id = a.predict(&row(1000 + i));
+        let (code, body) = b.label(id, i % 3);
+        assert_eq!(code, 202, "an immediate label on B: {body}");
+        acknowledged += 1;
+    }
     for (i, id) in ids.iter().enumerate().take(30) {
         let (code, body) = b.label(*id, (i % 3) as u32);
         assert_eq!(code, 202, "a label for A's prediction on B: {body}");
@@ -139,6 +144,12 @@ fn redis_away_fails_no_request_and_loses_no_label() {
         a.status()["cluster"]["forward"]["unsent"].as_u64().unwrap() >= 40,
         "the labels wait in the WAL"
     );
+    let firing = |a: &Replica| {
+        a.status()["alerts"]["active"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|n| n == "cluster_redis_unreachable"))
+    };
+    assert!(firing(&a), "the alert fires: {}", a.status()["alerts"]);
 
     redis.restart();
     let (code, body) = a.sync();
@@ -150,4 +161,89 @@ fn redis_away_fails_no_request_and_loses_no_label() {
         h["components"]["cluster"]["status"] == "green"
     });
     assert_eq!(a.status()["cluster"]["forward"]["unsent"], 0);
+    assert!(!firing(&a), "and resolves: {}", a.status()["alerts"]);
+}
+
+/// With a rate limit on, a client's requests count across the cluster: what it
+/// spent on A this second is missing on B, though B's own bucket is full.
+#[test]
+fn a_clients_rate_limit_is_the_clusters() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    // 31 requests per client per second cluster-wide (1/s refill, burst 30).
+    let toml = Some("[server]\nrate_limit_per_sec = 1.0\nrate_limit_burst = 30.0\n");
+    let a = Replica::start_with(&redis, 1, root.path(), toml);
+    let b = Replica::start_with(&redis, 2, root.path(), toml);
+    let infer = |r: &Replica| {
+        harness::post(
+            &r.url("/v1/infer"),
+            &serde_json::json!({"inputs": [row(1)]}),
+        )
+        .0
+    };
+    // Start just after a second begins, so the whole exchange falls in one second.
+    loop {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if ms < 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let on_a: Vec<u16> = (0..25).map(|_| infer(&a)).collect();
+    assert!(
+        on_a.iter().all(|c| *c == 200),
+        "A's bucket allows 30: {on_a:?}"
+    );
+    // A's counts reach Redis within the 100 ms share.
+    std::thread::sleep(Duration::from_millis(250));
+    let on_b: Vec<u16> = (0..12)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(30));
+            infer(&b)
+        })
+        .collect();
+    let passed = on_b.iter().filter(|c| **c == 200).count();
+    assert!(
+        on_b.contains(&429) && passed <= 9,
+        "B alone would pass all 12; the cluster has 6 left (plus one share's lag): {on_b:?}"
+    );
+}
+
+/// The trainer trims the label stream below what it learned, keeping what the
+/// memories need; a replica that joins later seeds its memory from what is left.
+#[test]
+fn the_stream_is_trimmed_below_what_is_learned_and_a_new_replica_seeds_from_it() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    let a = Replica::start(&redis, 1, root.path());
+    let _trainer = harness::trainer_with(
+        &redis,
+        "trainer",
+        root.path(),
+        Some("[cluster]\nreseed = 50\n"),
+    );
+    for round in 0..4 {
+        for i in 0..60 {
+            let (code, _) = harness::post(
+                &a.url("/v1/feedback"),
+                &serde_json::json!({"features": row(round * 60 + i), "label": i % 4}),
+            );
+            assert_eq!(code, 202);
+        }
+        let (code, body) = a.sync();
+        assert_eq!(code, 200, "{body}");
+    }
+    let length = protocol::stream_length(&redis);
+    assert!(
+        (50..240).contains(&length),
+        "240 labels learned, at least 50 kept: {length} left"
+    );
+    let c = Replica::start(&redis, 3, root.path());
+    wait_for(Duration::from_secs(20), "C to seed from the stream", || {
+        let e = &c.status()["cluster"]["experiences"];
+        e["reseeds"].as_u64() >= Some(1) && e["inserted"].as_u64() == Some(length)
+    });
 }

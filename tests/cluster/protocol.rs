@@ -18,6 +18,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// An entry for `version` by `token` whose weights are `weights`.
+fn version_of(version: u64, token: u64, weights: &[u8]) -> Version {
+    Version {
+        id: StreamId::ZERO,
+        version,
+        parent: version - 1,
+        token,
+        checksum: versions::checksum(weights),
+        bytes: weights.len() as u64,
+        position: StreamId::ZERO,
+        learned: BTreeMap::new(),
+        labels: 0,
+        updates: 0,
+        duplicates: 0,
+        skipped: 0,
+        verdict: "close".into(),
+        unix_ms: 0,
+    }
+}
+
 #[test]
 fn retries_append_each_record_once_and_a_stale_trainer_cannot_publish() {
     let root = tempfile::tempdir().unwrap();
@@ -46,22 +66,7 @@ fn retries_append_each_record_once_and_a_stale_trainer_cannot_publish() {
         let new = lease::acquire(&link, ttl).await.unwrap().unwrap();
         assert!(new > old, "tokens only rise");
         assert!(!lease::renew(&link, old, ttl).await.unwrap());
-        let entry = |token| Version {
-            id: StreamId::ZERO,
-            version: 2,
-            parent: 1,
-            token,
-            checksum: versions::checksum(b"weights"),
-            bytes: 7,
-            position: StreamId::ZERO,
-            learned: BTreeMap::new(),
-            labels: 0,
-            updates: 0,
-            duplicates: 0,
-            skipped: 0,
-            verdict: "close".into(),
-            unix_ms: 0,
-        };
+        let entry = |token| version_of(2, token, b"weights");
         let err = versions::publish(&link, &entry(old), b"weights")
             .await
             .unwrap_err();
@@ -102,22 +107,7 @@ fn a_replica_refuses_a_damaged_version_and_serves_on() {
             .unwrap()
             .unwrap();
         let garbage = b"not a safetensors file".to_vec();
-        let entry = Version {
-            id: StreamId::ZERO,
-            version: serving + 1,
-            parent: serving,
-            token,
-            checksum: versions::checksum(&garbage),
-            bytes: garbage.len() as u64,
-            position: StreamId::ZERO,
-            learned: BTreeMap::new(),
-            labels: 0,
-            updates: 0,
-            duplicates: 0,
-            skipped: 0,
-            verdict: "close".into(),
-            unix_ms: 0,
-        };
+        let entry = version_of(serving + 1, token, &garbage);
         versions::publish(&link, &entry, &garbage).await.unwrap();
     });
     super::harness::wait_for(Duration::from_secs(10), "the refusal to be counted", || {
@@ -156,4 +146,16 @@ fn a_server_that_is_not_redis_is_reported_not_trusted() {
         assert!(versions::latest(&link).await.is_err());
         assert!(started.elapsed() < Duration::from_secs(10));
     });
+}
+
+/// How many entries the label stream holds now.
+pub fn stream_length(redis: &Redis) -> u64 {
+    runtime().block_on(async {
+        let link = Link::open(&LinkConfig::new(redis.url())).unwrap();
+        let value = link
+            .query(redis::cmd("XLEN").arg(link.keys().labels()), Duration::ZERO)
+            .await
+            .unwrap();
+        adaptserve_cluster::reply::int(&value, "a length").unwrap() as u64
+    })
 }

@@ -30,6 +30,7 @@
 //! - [`lease`] — the trainer's leader lease and its fencing token.
 //! - [`pending`] — predictions awaiting a label, shared so a label joins on any
 //!   replica, claimed once.
+//! - [`ratelimit`] — per-client request counts per second, summed across replicas.
 //! - [`registry`] — which replicas are up and what they serve; the trainer's status.
 //! - [`trainer`] — `adaptserve train --cluster`: read, learn, guard, publish.
 //! - [`reply`] — reading Redis replies into typed values, or saying what was wrong.
@@ -39,6 +40,7 @@ pub mod labels;
 pub mod lease;
 pub mod link;
 pub mod pending;
+pub mod ratelimit;
 pub mod registry;
 pub mod reply;
 pub mod trainer;

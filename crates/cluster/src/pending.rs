@@ -6,9 +6,10 @@
 //! pipelined batches, off the request path. A label is *claimed*: one script takes
 //! the record and leaves a tombstone in its place (same expiry), so a second label
 //! for the same id, on any replica, finds the tombstone and is refused as already
-//! answered. A claim that finds nothing leaves a tombstone too, so a record shipped
-//! late (after its label was joined at the replica that holds it) can never be
-//! claimed again: shipping writes only where no key exists.
+//! answered. A label joined on the replica that holds its prediction without a
+//! claim (the record not shipped yet, or Redis away) is marked answered by that
+//! replica's shipper, after the record itself and never before it: shipping a
+//! record writes only where no key exists, so a tombstone always wins.
 
 use std::time::Duration;
 
@@ -27,15 +28,14 @@ pub enum Claim {
     Found(Vec<u8>),
     /// Another label claimed it first.
     Answered,
-    /// Redis holds nothing for it (never shipped, expired, or shipped late).
+    /// Redis holds nothing for it (not shipped yet, never, or expired).
     Absent,
 }
 
-/// KEYS: pending:{id}. ARGV: tombstone, ttl ms (for an absent key).
+/// KEYS: pending:{id}. ARGV: tombstone.
 const CLAIM: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return false
 end
 if v == ARGV[1] then
@@ -45,13 +45,23 @@ redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 return v
 ";
 
-/// Ships `(id, record)` pairs with `ttl`, never over an existing key.
+/// Ships `(id, record)` pairs with `ttl`, never over an existing key, and marks
+/// the `answered` ids (labels joined on the replica that holds them) as claimed.
 pub async fn ship(
     link: &Link,
     records: &[(u64, Vec<u8>)],
+    answered: &[u64],
     ttl: Duration,
 ) -> Result<(), ClusterError> {
     let mut pipe = redis::pipe();
+    for id in answered {
+        pipe.cmd("SET")
+            .arg(link.keys().pending(*id))
+            .arg(TOMBSTONE)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore();
+    }
     for (id, record) in records {
         pipe.cmd("SET")
             .arg(link.keys().pending(*id))
@@ -65,13 +75,10 @@ pub async fn ship(
 }
 
 /// Claims the prediction `id` for a label.
-pub async fn claim(link: &Link, id: u64, ttl: Duration) -> Result<Claim, ClusterError> {
+pub async fn claim(link: &Link, id: u64) -> Result<Claim, ClusterError> {
     let script = Script::new(CLAIM);
     let mut invocation = script.prepare_invoke();
-    invocation
-        .key(link.keys().pending(id))
-        .arg(TOMBSTONE)
-        .arg(ttl.as_millis() as u64);
+    invocation.key(link.keys().pending(id)).arg(TOMBSTONE);
     match link.script(&invocation).await? {
         Value::Nil => Ok(Claim::Absent),
         Value::Int(0) => Ok(Claim::Answered),

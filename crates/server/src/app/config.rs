@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub rate_limit_per_sec: f64,
     /// Requests a quiet client may send at once.
     pub rate_limit_burst: f64,
+    /// Behind a load balancer that appends the client's address to
+    /// `X-Forwarded-For` (HAProxy `option forwardfor`), the rate limit's client is
+    /// that header's last address instead of the balancer's. Off unless every
+    /// request comes through such a balancer: a client could forge it otherwise.
+    pub trust_forwarded_for: bool,
     /// A request still running after this long gets 503 (`timeout`).
     pub request_timeout_ms: u64,
     /// How long graceful shutdown waits for in-flight requests.
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             max_concurrency: 1024,
             rate_limit_per_sec: 0.0,
             rate_limit_burst: 50.0,
+            trust_forwarded_for: false,
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
         }

@@ -467,6 +467,9 @@ pub async fn run(
         config.server.clone(),
     );
     let _ = state.cluster.set(server.cluster.clone());
+    if let Some(replica) = &server.cluster {
+        replica.share_rate_limit(state.clone(), server.stop_tasks.subscribe());
+    }
     let _ = state.recovery.set(server.recovery.clone());
     state.set_ready(true);
     let (stop_monitor, monitor_rx) = tokio::sync::watch::channel(false);

@@ -12,6 +12,7 @@
 //! - `experiences`: every other replica's updates reach this one's k-NN memory;
 //! - `pending`: predictions are shared so that a label joins on any replica, and
 //!   claimed once cluster-wide;
+//! - `ratelimit`: the per-client rate limit counted cluster-wide;
 //! - here: the heartbeat into the replica registry, the status, `GET /v1/cluster`.
 
 pub mod config;
@@ -19,6 +20,7 @@ mod experiences;
 mod follow;
 mod forward;
 mod pending;
+mod ratelimit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,6 +198,17 @@ impl Replica {
         tokio::spawn(pending::ship_loop(self.clone(), share, stop.clone()));
         tokio::spawn(self.clone().heartbeat(engine, updates, advertise, stop));
         Ok(())
+    }
+
+    /// Shares the HTTP layer's rate limit with the cluster (when the limit is on).
+    pub fn share_rate_limit(
+        self: &Arc<Self>,
+        state: Arc<crate::state::AppState>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if state.rate_limit.enabled() {
+            tokio::spawn(ratelimit::run(self.clone(), state, stop));
+        }
     }
 
     /// Every second: the registry entry (which is also the liveness probe of

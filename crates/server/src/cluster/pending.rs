@@ -3,15 +3,21 @@
 //!
 //! The WAL writer hands each logged pending record to a bounded queue; the shipper
 //! drains it in batches of up to [`BATCH`] and ships each batch in one pipelined
-//! round trip. While Redis is away a batch is dropped and counted: those
-//! predictions still join labels sent to this replica, and a label sent elsewhere
-//! is answered 404 (its prediction unknown there) rather than waiting.
+//! round trip. While Redis is away a batch of predictions is dropped and counted:
+//! those predictions still join labels sent to this replica, and a label sent
+//! elsewhere is answered 404 (its prediction unknown there) rather than waiting.
+//! The writer also queues an "answered" record for every label joined here; those
+//! wait for Redis (a tombstone each), so a label joined here while Redis was away
+//! cannot join a second time on another replica afterwards.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
+use adaptserve_cluster::link::Retry;
 use adaptserve_cluster::pending::{self, Claim};
 
 use super::Replica;
@@ -36,27 +42,49 @@ pub(super) async fn ship_loop(
         if got == 0 {
             return;
         }
-        let batch: Vec<(u64, Vec<u8>)> = records
-            .drain(..)
-            .filter_map(|record| match decode(&record) {
-                Ok(Record::Prediction { id, .. }) => Some((id, record)),
-                _ => None,
-            })
-            .collect();
-        match pending::ship(&replica.link, &batch, replica.pending_ttl).await {
-            Ok(()) => {
-                replica.up();
-                replica
-                    .stats
-                    .pending_shipped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(records.len());
+        let mut answered = Vec::new();
+        for record in records.drain(..) {
+            match decode(&record) {
+                Ok(Record::Prediction { id, .. }) => batch.push((id, record)),
+                Ok(Record::Answered { id }) => answered.push(id),
+                Err(_) => {}
             }
-            Err(e) => {
-                replica.down(&e);
-                replica
-                    .stats
-                    .pending_unshipped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            match pending::ship(&replica.link, &batch, &answered, replica.pending_ttl).await {
+                Ok(()) => {
+                    replica.up();
+                    replica
+                        .stats
+                        .pending_shipped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                // Answered marks are few and keep a second label from joining
+                // elsewhere: they wait for Redis. Predictions are many; a batch
+                // that cannot go now is dropped (their labels still join here).
+                Err(e) if !answered.is_empty() => {
+                    replica.down(&e);
+                    replica
+                        .stats
+                        .pending_unshipped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(retry.next_delay()) => {}
+                    }
+                }
+                Err(e) => {
+                    replica.down(&e);
+                    replica
+                        .stats
+                        .pending_unshipped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    break;
+                }
             }
         }
     }
@@ -65,7 +93,15 @@ pub(super) async fn ship_loop(
 impl SharedPending for Replica {
     fn claim(&self, request_id: u64) -> Pin<Box<dyn Future<Output = RemoteClaim> + Send + '_>> {
         Box::pin(async move {
-            match pending::claim(&self.link, request_id, self.pending_ttl).await {
+            if !self.stats.redis_up.load(Ordering::Relaxed) {
+                // Known away: no label waits out a timeout for it. A label joined
+                // here meanwhile is marked answered in Redis once it is back.
+                self.stats
+                    .claims_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                return RemoteClaim::Unreachable;
+            }
+            match pending::claim(&self.link, request_id).await {
                 Ok(Claim::Found(record)) => {
                     self.up();
                     match decode(&record) {

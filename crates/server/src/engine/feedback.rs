@@ -35,6 +35,16 @@ pub struct FeedbackReceipt {
     pub seq: u64,
 }
 
+/// The waits before looking again for a prediction made on another replica that
+/// the store does not hold yet: 150 ms in all, the commit window of a prediction's
+/// record from one replica to the others.
+const CLAIM_RETRY: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(40),
+    std::time::Duration::from_millis(80),
+];
+
 /// Priority of labelled experiences: above every pseudo-label and bootstrap entry, so
 /// eviction takes those first.
 const LABEL_PRIORITY: f32 = 1.0;
@@ -152,7 +162,19 @@ impl Engine {
             let local = self.pending.take(request_id, Instant::now());
             return local.map(|p| (p, None)).ok_or(unknown);
         };
-        match shared.claim(request_id).await {
+        let mut claim = shared.claim(request_id).await;
+        let elsewhere = super::ids::replica_of(request_id) != self.ids.replica();
+        for wait in CLAIM_RETRY {
+            // Made on another replica a moment ago: its record may still be on the
+            // way to the store (shipped within milliseconds, off that replica's
+            // request path). Look again before answering "unknown".
+            if !(elsewhere && matches!(claim, RemoteClaim::Absent)) {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            claim = shared.claim(request_id).await;
+        }
+        match claim {
             RemoteClaim::Found(mut remote, record) => {
                 // Made here: the local copy is the same prediction; drop it either way.
                 if let Some(local) = self.pending.take(request_id, Instant::now()) {

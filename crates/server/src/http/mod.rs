@@ -106,7 +106,9 @@ async fn rate_limit(
         && let Some(peer) = request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        && !state.rate_limit.allow(peer.0.ip(), Instant::now())
+        && !state
+            .rate_limit
+            .allow(client_of(&request, peer.0.ip(), &state), Instant::now())
     {
         return ApiError::Overloaded(format!(
             "rate limit: at most {} requests per second per client",
@@ -115,6 +117,27 @@ async fn rate_limit(
         .into_response();
     }
     next.run(request).await
+}
+
+/// The rate limit's client: the peer, or behind a trusted balancer the last
+/// address of `X-Forwarded-For` (the one the balancer itself appended).
+fn client_of(
+    request: &axum::extract::Request,
+    peer: std::net::IpAddr,
+    state: &AppState,
+) -> std::net::IpAddr {
+    if !state.config.trust_forwarded_for {
+        return peer;
+    }
+    request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 /// `GET /metrics`: the Prometheus text format.

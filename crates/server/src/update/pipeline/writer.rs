@@ -143,6 +143,16 @@ impl Writer {
                         }
                         if let (UpdateKind::Label, Some(id)) = (update.kind, update.origin) {
                             answered = true;
+                            // In a cluster, the other replicas learn it was answered.
+                            if let Some(share) = &self.share {
+                                let record = crate::engine::pending::log::encode_answered(
+                                    id,
+                                    crate::engine::pending::log::unix_ms(),
+                                );
+                                if share.try_send(record).is_err() {
+                                    self.shared.unshared.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             if let Err(e) = self.pending.append_answered(id) {
                                 tracing::warn!(id, error = %e, "pending log: answer not logged");
                             }

@@ -13,6 +13,9 @@ use std::time::Duration;
 use super::{SyncReply, UpdateError, UpdatePath};
 use crate::supervisor::StartPoint;
 
+/// How often a cluster replica's sync asks the trainer again while it waits.
+const REASK: Duration = Duration::from_millis(250);
+
 impl UpdatePath {
     /// The barrier: returns once every update accepted before the call is in the
     /// serving weights (or was skipped with a rejected version).
@@ -31,8 +34,29 @@ impl UpdatePath {
                 None => self.pipeline.ring().request_sync(target),
             }
             let timeout = Duration::from_millis(self.config.sync_timeout_ms);
-            let waited = tokio::time::timeout(timeout, settled.wait_for(|s| *s >= target)).await;
-            if !matches!(waited, Ok(Ok(_))) {
+            let settles = async {
+                loop {
+                    let step = match remote {
+                        Some(_) => REASK,
+                        None => timeout,
+                    };
+                    let done = tokio::time::timeout(step, settled.wait_for(|s| *s >= target))
+                        .await
+                        .map(|waited| waited.is_ok());
+                    match (done, remote) {
+                        (Ok(settled), _) => return settled,
+                        // The trainer may have published before the forwarder
+                        // reached `target`: ask again rather than wait for its
+                        // next periodic version.
+                        (Err(_), Some(trainer)) => {
+                            let _ = trainer.request_sync().await;
+                        }
+                        (Err(_), None) => return false,
+                    }
+                }
+            };
+            let waited = tokio::time::timeout(timeout, settles).await;
+            if !matches!(waited, Ok(true)) {
                 return Err(UpdateError::SyncTimeout {
                     target,
                     settled: self.settled(),
