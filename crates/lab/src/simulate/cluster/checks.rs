@@ -134,7 +134,7 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome, f: &Facts) -> Vec<Check> {
     } else {
         o.ok as f64 / o.sent as f64
     };
-    let accepted = o.feedback_ok + f.probes.iter().filter(|p| p.accepted).count() as u64;
+    let accepted = o.feedback_ok + f.probes.iter().map(|p| p.labels_accepted).sum::<u64>();
     let learned = f.trainer["labels_learned"].as_f64().unwrap_or(f64::NAN);
     let duplicates = f.trainer["duplicates"].as_f64().unwrap_or(f64::NAN);
     let synced = f.syncs.iter().filter(|s| s.ok).count();
@@ -171,7 +171,7 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome, f: &Facts) -> Vec<Check> {
         ),
     ];
     if f.replicas >= 2 {
-        // Every probe must see its label spread; one that never did counts as
+        // Every probe must see its labels spread; one that never did counts as
         // infinitely slow.
         let spread = f
             .probes

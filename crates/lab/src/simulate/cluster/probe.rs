@@ -1,30 +1,37 @@
 //! The k-NN spread probe: how long a label sent to one replica takes to change
 //! another replica's k-NN vote.
 //!
-//! Each probe sends a labelled example (`POST /v1/feedback {"features": X, "label":
-//! L}`) directly to replica A, then asks replica B about X (`POST /v1/infer`) every
-//! [`POLL_EVERY`] until B's k-NN voter answers L, and measures the time from A's 202.
+//! Each probe sends [`POINTS`] labelled examples (`POST /v1/feedback {"features":
+//! X, "label": L}`) directly to replica A, then asks replica B about those points
+//! (one `POST /v1/infer` with every X) every [`POLL_EVERY`] until B's k-NN vote
+//! shows each label, and measures the time from A's last 202.
 //!
-//! Why X is an ambiguous point and L its runner-up class. Every `/v1/infer` is also a
-//! prediction B may learn from: a confident answer becomes a pseudo-label stored at X
-//! itself, and a few of those would outvote the probe's label (pseudo-labels carry
-//! less trust, but an exact duplicate's weight is huge whatever its trust). So X is
-//! drawn near the middle of the class centres (the mean of the stream's features,
-//! plus a small seeded offset so each probe has its own X), the least confident of a
-//! few candidates for the frozen model; B is asked about each once before the label
-//! and X is kept only if B's answer falls under the confidence gate (0.7 by
-//! default), so polling teaches B nothing until the label arrives. L is B's second
-//! choice, and X is a close enough call (the top two within half the k-NN voter's
-//! share of B's blend, read from B's `/v1/status`) that the voter's vote for L turns
-//! the answer even when Hedge gives it a small weight. The label is sent
-//! only once B's neighbours vote on X (path `ensemble`): in cold start (too few
+//! Why these points. Every `/v1/infer` is also a prediction B may learn from: a
+//! confident answer becomes a pseudo-label stored at X itself, and a few of those
+//! would outvote the probe's label (pseudo-labels carry less trust, but an exact
+//! duplicate's weight is huge whatever its trust). So each X is drawn near the
+//! middle of the class centres (the mean of the stream's features, plus a small
+//! seeded offset so each has its own), among the frozen model's least confident
+//! candidates, and kept only if B's answer is well under the confidence gate (0.6,
+//! the gate being 0.7 by default): polling then teaches B nothing at X. (A point
+//! chosen at 0.74 took 100 polls' pseudo-labels and never showed its label.) The label sent is X's least likely
+//! class in B's answer, so little of the blend is for it before, and the k-NN
+//! voter's vote, all for it once the label is in B's memory (an exact duplicate
+//! outweighs every other neighbour), moves it by the voter's whole share. The labels
+//! are sent only once B's neighbours vote (path `ensemble`): in cold start (too few
 //! experiences, as at the start or after a drift alarm prunes the memory) no label
 //! could change the vote, and the probe would time the refill instead.
 //!
-//! What "the k-NN voter answers L" reads: a per-voter vote in the answer when the
-//! server gives one (`votes.knn`, `voters.knn` or `knn`); otherwise the answered
-//! label, which the voter's vote for L turns (at an exact duplicate its vote is all
-//! L) unless its Hedge weight is too small. Each probe records which it read.
+//! What "B's k-NN vote shows the label" reads: the per-voter vote in the answer when
+//! the server gives one (`votes.knn`, `voters.knn` or `knn`: the label is its top
+//! class). `/v1/infer` gives none today, so it reads the label's probability in the
+//! blend: it must have risen by half the k-NN voter's share of B's blend (Hedge's
+//! weight, from B's `/v1/status`), for every point in the same answer. Measured
+//! against probes whose labels were never sent, one point alone rose that far by
+//! chance in 4 of 10 (the blend drifts as versions swap and the other voters learn),
+//! after 0.6 to 8 s; the real labels rose by about the whole share at the first
+//! poll. Requiring every point at once is what keeps chance out. Each probe records
+//! what it read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,43 +56,60 @@ pub const EVERY: Duration = Duration::from_secs(15);
 const WARM_WITHIN: Duration = Duration::from_secs(60);
 /// Between two asks of replica B.
 const POLL_EVERY: Duration = Duration::from_millis(200);
-/// The server's default confidence gate: answers at or above it become pseudo-labels.
-const GATE: f64 = 0.7;
+/// The server's default confidence gate is 0.7: answers at or above it become
+/// pseudo-labels. A point is chosen under this, with room for the blend to drift
+/// while it is polled.
+const CHOOSE_UNDER: f64 = 0.6;
+/// Rounds of candidates asked before a probe makes do with fewer points (at least
+/// [`MIN_POINTS`]).
+const ROUNDS: usize = 3;
+const MIN_POINTS: usize = 2;
 /// Samples the centre and spread of the features are taken from.
 const ANCHOR_SAMPLES: u64 = 2000;
 /// A probe's offset from the centre, in each feature's standard deviations.
 const OFFSET_SDS: f64 = 0.15;
-/// Candidates scored by the frozen model, and of those asked of replica B.
-const CANDIDATES: usize = 20;
+/// Points per probe.
+const POINTS: usize = 4;
+/// Candidates scored by the frozen model per round, and of those (the least
+/// confident) asked of replica B, in one request.
+const CANDIDATES: usize = 32;
 const ASKED: usize = 12;
+
+/// One labelled point of a probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub label: u32,
+    /// B's confidence in its answer for X before the label.
+    pub confidence_before: f64,
+    /// The label's probability in B's answer before the label, and in its last
+    /// answer while polling.
+    pub p_before: f64,
+    pub p_last: f64,
+    /// A answered 202.
+    pub accepted: bool,
+}
 
 /// One probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
-    /// When replica A accepted the label, seconds from the start of the load.
+    /// When replica A accepted the last label, seconds from the start of the load.
     pub t: f64,
     pub from: u16,
     pub to: u16,
-    pub label: u32,
-    /// B's answer for X before the label, and its confidence.
-    pub before: u32,
-    pub before_confidence: f64,
-    /// How far the runner-up (the label sent) was behind B's answer.
-    pub margin_before: f64,
-    /// The k-NN voter's share of B's blend when X was chosen.
+    pub points: Vec<Point>,
+    /// Labels A answered 202 (each one the trainer must learn).
+    pub labels_accepted: u64,
+    /// The k-NN voter's share of B's blend when the points were chosen.
     pub knn_share: f64,
-    /// B's last answer for X while polling, and its confidence.
-    pub last: Option<(u32, f64)>,
-    /// A answered 202.
-    pub accepted: bool,
-    /// Seconds from A's 202 until B's k-NN voter answered the label.
-    pub spread_secs: Option<f64>,
-    pub polls: u32,
-    /// B's path (`ensemble`, `cold_start`, `fallback`) when X was chosen, and the
-    /// polls after the label on which the neighbours did not vote.
+    /// B's path (`ensemble`, `cold_start`, `fallback`) before the labels, and the
+    /// polls after them on which the neighbours did not vote.
     pub path_before: String,
     pub polls_without_vote: u32,
-    /// `knn_vote` (a per-voter vote in the answer) or `answer` (the answered label).
+    /// Seconds from A's last 202 until B's k-NN vote showed every label.
+    pub spread_secs: Option<f64>,
+    pub polls: u32,
+    /// What was read: `knn_vote` (a per-voter vote in the answer) or `p_rise` (each
+    /// label's probability in the answer); see `reached`.
     pub signal: &'static str,
     pub error: Option<String>,
 }
@@ -149,80 +173,74 @@ fn argmax_json(v: &Value) -> Option<u32> {
     u32::try_from(best).ok()
 }
 
-/// The class the k-NN voter gives for a prediction, and where it was read: a
-/// per-voter vote if the answer has one, else the answered label.
-pub fn knn_label(p: &Value) -> (Option<u32>, &'static str) {
-    for vote in [&p["votes"]["knn"], &p["voters"]["knn"], &p["knn"]] {
-        if let Some(label) = argmax_json(vote) {
-            return (Some(label), "knn_vote");
-        }
-    }
-    (
-        p["label"].as_u64().and_then(|l| u32::try_from(l).ok()),
-        "answer",
-    )
+/// The class of a per-voter k-NN vote in a prediction (`votes.knn`, `voters.knn`
+/// or `knn`), if the server gives one.
+pub fn knn_vote(p: &Value) -> Option<u32> {
+    [&p["votes"]["knn"], &p["voters"]["knn"], &p["knn"]]
+        .into_iter()
+        .find_map(argmax_json)
+}
+
+/// The answer's class probabilities.
+fn probabilities(p: &Value) -> Option<Vec<f64>> {
+    p["probabilities"]
+        .as_array()?
+        .iter()
+        .map(Value::as_f64)
+        .collect()
 }
 
 /// B's answer about a candidate X.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Answer {
-    label: u32,
     confidence: f64,
-    /// The runner-up class, and how far behind the answer it is.
-    second: u32,
-    margin: f64,
+    /// The least likely class (the label the probe sends), and its probability.
+    least: u32,
+    p_least: f64,
 }
 
-/// Reads an answer; `None` without a label and probabilities.
+/// Reads an answer; `None` without probabilities.
 fn read_answer(p: &Value) -> Option<Answer> {
-    let probs: Vec<f64> = p["probabilities"]
-        .as_array()?
-        .iter()
-        .map(|x| x.as_f64())
-        .collect::<Option<_>>()?;
-    let label = u32::try_from(p["label"].as_u64()?).ok()?;
-    let confidence = *probs.get(label as usize)?;
-    let (second, p2) = probs
-        .iter()
-        .enumerate()
-        .filter(|&(c, _)| c as u32 != label)
-        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let probs = probabilities(p)?;
+    let confidence = probs.iter().copied().fold(f64::NAN, f64::max);
+    let (least, p_least) = probs.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1))?;
     Some(Answer {
-        label,
         confidence,
-        second: second as u32,
-        margin: confidence - p2,
+        least: least as u32,
+        p_least: *p_least,
     })
 }
 
-/// Whether `a` is a good X: under the gate, and close enough between its top two
-/// classes that the k-NN voter's share of the blend (`knn_share`), all for the
-/// runner-up, surely turns the answer (half of it covers a neighbourhood that was
-/// already partly for the answer, and the other voters' drift meanwhile).
-fn good(a: &Answer, knn_share: f64) -> bool {
-    a.confidence < GATE && a.margin < knn_share / 2.0
+/// Up to `n` of the answers, in order, whose confidence is under [`CHOOSE_UNDER`]:
+/// polling X then stores nothing there.
+fn pick(answers: &[Answer], n: usize) -> Vec<usize> {
+    (0..answers.len())
+        .filter(|&i| answers[i].confidence < CHOOSE_UNDER)
+        .take(n)
+        .collect()
 }
 
-/// The best of the answers asked: the first good one, else the closest call under
-/// the gate, else the least confident.
-fn pick(answers: &[Answer], knn_share: f64) -> Option<usize> {
-    let best = |of: &mut dyn Iterator<Item = (usize, &Answer)>, key: fn(&Answer) -> f64| {
-        of.min_by(|a, b| key(a.1).total_cmp(&key(b.1)))
-            .map(|(i, _)| i)
-    };
-    answers
-        .iter()
-        .position(|a| good(a, knn_share))
-        .or_else(|| {
-            best(
-                &mut answers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| a.confidence < GATE),
-                |a| a.margin,
-            )
-        })
-        .or_else(|| best(&mut answers.iter().enumerate(), |a| a.confidence))
+/// Whether one answer from B (a prediction per point, in order) shows every
+/// point's label in the k-NN vote, and what it read: the per-voter votes when the
+/// answer has them (`knn_vote`); otherwise each label's probability, risen from its
+/// value before by at least half the k-NN voter's share of the blend (`p_rise`).
+fn reached(predictions: &[Value], points: &[Point], knn_share: f64) -> (bool, &'static str) {
+    if predictions.len() != points.len() || points.is_empty() {
+        return (false, "p_rise");
+    }
+    if predictions.iter().all(|p| knn_vote(p).is_some()) {
+        let all = predictions
+            .iter()
+            .zip(points)
+            .all(|(p, point)| knn_vote(p) == Some(point.label));
+        return (all, "knn_vote");
+    }
+    let all = predictions.iter().zip(points).all(|(p, point)| {
+        probabilities(p)
+            .and_then(|probs| probs.get(point.label as usize).copied())
+            .is_some_and(|q| q - point.p_before >= knn_share / 2.0)
+    });
+    (knn_share > 0.0 && all, "p_rise")
 }
 
 /// The k-NN voter's share of replica B's blend, from its `/v1/status`.
@@ -297,119 +315,103 @@ impl Prober {
             t: 0.0,
             from: from.0,
             to: to.0,
-            label: 0,
-            before: 0,
-            before_confidence: f64::NAN,
-            margin_before: f64::NAN,
+            points: Vec::new(),
+            labels_accepted: 0,
             knn_share: f64::NAN,
-            last: None,
-            accepted: false,
-            spread_secs: None,
-            polls: 0,
             path_before: String::new(),
             polls_without_vote: 0,
-            signal: "answer",
+            spread_secs: None,
+            polls: 0,
+            signal: "p_rise",
             error: None,
         };
-        let deadline = Instant::now() + self.give_up;
-        // The frozen model's least confident candidates, asked of B in that order.
-        let mut candidates: Vec<(f32, Vec<f32>)> = (0..CANDIDATES)
-            .map(|_| {
-                let x = self.anchor.draw(&mut rng);
-                let confidence = self
-                    .frozen
-                    .forward(&x, 1)
-                    .ok()
-                    .map_or(1.0, |f| adaptserve_core::model::argmax(f.probs_row(0)).1);
-                (confidence, x)
-            })
-            .collect();
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
         // Until B's neighbours vote (its memory past the cold-start threshold, or
         // refilled after a drift alarm pruned it), a label cannot change its vote.
         // Asked about throwaway points, so that waiting teaches B nothing at X.
         let warm_by = Instant::now() + WARM_WITHIN;
         loop {
             let throwaway = self.anchor.draw(&mut rng);
-            let Some(p) = self.ask(&to.1, &throwaway, warm_by.max(deadline)).await else {
+            let Some(p) = self.ask(&to.1, &[throwaway], warm_by).await else {
                 probe.error = Some(format!("replica {} did not answer", to.0));
                 return probe;
             };
-            probe.path_before = p["path"].as_str().unwrap_or("").to_string();
-            if p["path"] == "ensemble" || Instant::now() >= warm_by {
+            probe.path_before = p[0]["path"].as_str().unwrap_or("").to_string();
+            if p[0]["path"] == "ensemble" || Instant::now() >= warm_by {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let deadline = Instant::now() + self.give_up;
         let share = knn_share(&self.http, &to.1).await.unwrap_or(0.0);
         probe.knn_share = share;
-        let mut asked: Vec<(Vec<f32>, Answer)> = Vec::new();
-        for (_, x) in candidates.into_iter().take(ASKED) {
-            let Some(p) = self.ask(&to.1, &x, deadline).await else {
+        // Rounds of the frozen model's least confident candidates, until enough of
+        // them are under the gate for B too.
+        let mut xs: Vec<Vec<f32>> = Vec::new();
+        for _ in 0..ROUNDS {
+            let candidates = self.candidates(&mut rng);
+            let Some(asked) = self
+                .ask(&to.1, &candidates, Instant::now() + self.give_up)
+                .await
+            else {
                 probe.error = Some(format!("replica {} did not answer", to.0));
                 return probe;
             };
-            let Some(answer) = read_answer(&p) else {
-                probe.error = Some(format!("unreadable answer from replica {}: {p}", to.0));
+            let Some(answers) = asked.iter().map(read_answer).collect::<Option<Vec<_>>>() else {
+                probe.error = Some(format!("unreadable answers from replica {}", to.0));
                 return probe;
             };
-            asked.push((x, answer));
-            if good(&answer, share) {
+            for i in pick(&answers, POINTS - xs.len()) {
+                xs.push(candidates[i].clone());
+                probe.points.push(Point {
+                    label: answers[i].least,
+                    confidence_before: answers[i].confidence,
+                    p_before: answers[i].p_least,
+                    p_last: f64::NAN,
+                    accepted: false,
+                });
+            }
+            if xs.len() == POINTS {
                 break;
             }
         }
-        let answers: Vec<Answer> = asked.iter().map(|a| a.1).collect();
-        let Some(i) = pick(&answers, share) else {
-            probe.error = Some("no candidate".into());
+        if xs.len() < MIN_POINTS {
+            probe.error = Some(format!(
+                "replica {} was confident (>= {CHOOSE_UNDER}) about all but {} of {} points",
+                to.0,
+                xs.len(),
+                ROUNDS * ASKED
+            ));
             return probe;
-        };
-        let (x, before) = asked.swap_remove(i);
-        let label = before.second;
-        (
-            probe.before,
-            probe.before_confidence,
-            probe.margin_before,
-            probe.label,
-        ) = (before.label, before.confidence, before.margin, label);
-        let accepted = loop {
-            let sent = self
-                .http
-                .post(format!("{}/v1/feedback", from.1))
-                .json(&json!({"features": x, "label": label}))
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status() == 202 => break Instant::now(),
-                Ok(r) => {
-                    let status = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    probe.error = Some(format!("replica {} answered {status}: {body}", from.0));
-                    return probe;
-                }
-                Err(e) if e.is_connect() && Instant::now() < deadline => {
-                    tokio::time::sleep(POLL_EVERY).await;
+        }
+        let mut accepted = Instant::now();
+        for (x, point) in xs.iter().zip(probe.points.iter_mut()) {
+            match self.label(&from.1, x, point.label).await {
+                Ok(()) => {
+                    point.accepted = true;
+                    probe.labels_accepted += 1;
+                    accepted = Instant::now();
                 }
                 Err(e) => {
                     probe.error = Some(format!("replica {}: {e}", from.0));
                     return probe;
                 }
             }
-        };
-        probe.accepted = true;
+        }
         probe.t = accepted.duration_since(self.start).as_secs_f64();
         let deadline = accepted + self.give_up;
         while Instant::now() < deadline {
             probe.polls += 1;
-            if let Some(p) = self.ask(&to.1, &x, deadline).await {
-                if p["path"] != "ensemble" {
+            if let Some(predictions) = self.ask(&to.1, &xs, deadline).await {
+                if predictions.iter().any(|p| p["path"] != "ensemble") {
                     probe.polls_without_vote += 1;
                 }
-                probe.last = read_answer(&p).map(|a| (a.label, a.confidence));
-                let (knn, signal) = knn_label(&p);
+                for (p, point) in predictions.iter().zip(probe.points.iter_mut()) {
+                    point.p_last = probabilities(p)
+                        .and_then(|probs| probs.get(point.label as usize).copied())
+                        .unwrap_or(f64::NAN);
+                }
+                let (yes, signal) = reached(&predictions, &probe.points, share);
                 probe.signal = signal;
-                if knn == Some(label) {
+                if yes {
                     probe.spread_secs = Some(accepted.elapsed().as_secs_f64());
                     return probe;
                 }
@@ -419,22 +421,68 @@ impl Prober {
         probe
     }
 
-    /// Asks the replica at `url` about `x`, retrying until `deadline`; the
-    /// prediction, or `None` if it never answered.
-    async fn ask(&self, url: &str, x: &[f32], deadline: Instant) -> Option<Value> {
+    /// The frozen model's [`ASKED`] least confident of [`CANDIDATES`] fresh draws.
+    fn candidates(&self, rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
+        let mut scored: Vec<(f32, Vec<f32>)> = (0..CANDIDATES)
+            .map(|_| {
+                let x = self.anchor.draw(rng);
+                let confidence = self
+                    .frozen
+                    .forward(&x, 1)
+                    .ok()
+                    .map_or(1.0, |f| adaptserve_core::model::argmax(f.probs_row(0)).1);
+                (confidence, x)
+            })
+            .collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        scored.into_iter().take(ASKED).map(|(_, x)| x).collect()
+    }
+
+    /// Sends the labelled example `(x, label)` to the replica at `url`, retrying a
+    /// refused connection (a replica the chaos restarts) for the give-up time.
+    async fn label(&self, url: &str, x: &[f32], label: u32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.give_up;
+        loop {
+            let sent = self
+                .http
+                .post(format!("{url}/v1/feedback"))
+                .json(&json!({"features": x, "label": label}))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == 202 => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    anyhow::bail!("answered {status}: {body}");
+                }
+                Err(e) if e.is_connect() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Asks the replica at `url` about `xs` in one request, retrying until
+    /// `deadline`; its predictions, or `None` if it never answered.
+    async fn ask(&self, url: &str, xs: &[Vec<f32>], deadline: Instant) -> Option<Vec<Value>> {
         loop {
             let reply = self
                 .http
                 .post(format!("{url}/v1/infer"))
-                .json(&json!({"inputs": [x]}))
+                .json(&json!({ "inputs": xs }))
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
             if let Ok(r) = reply
                 && r.status() == 200
                 && let Ok(v) = r.json::<Value>().await
+                && let Some(predictions) = v["predictions"].as_array()
+                && predictions.len() == xs.len()
             {
-                return Some(v["predictions"][0].clone());
+                return Some(predictions.clone());
             }
             if Instant::now() >= deadline {
                 return None;
@@ -445,70 +493,5 @@ impl Prober {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::simulate::stream::StreamConfig;
-
-    #[test]
-    fn the_knn_vote_is_read_where_the_answer_gives_one() {
-        let p = json!({"label": 2, "votes": {"model": [0.1, 0.2, 0.7], "knn": [0.1, 0.8, 0.1]}});
-        assert_eq!(knn_label(&p), (Some(1), "knn_vote"));
-        let p = json!({"label": 2, "knn": {"label": 0}});
-        assert_eq!(knn_label(&p), (Some(0), "knn_vote"));
-        let p = json!({"label": 2, "voters": {"knn": 3}});
-        assert_eq!(knn_label(&p), (Some(3), "knn_vote"));
-        // No breakdown: the answered label.
-        let p = json!({"label": 2, "probabilities": [0.1, 0.2, 0.7]});
-        assert_eq!(knn_label(&p), (Some(2), "answer"));
-    }
-
-    #[test]
-    fn the_probe_label_is_the_runner_up() {
-        let p = json!({"label": 2, "probabilities": [0.1, 0.3, 0.5, 0.1]});
-        let a = read_answer(&p).expect("readable");
-        assert_eq!((a.label, a.second), (2, 1));
-        assert!((a.confidence - 0.5).abs() < 1e-9);
-        assert!((a.margin - 0.2).abs() < 1e-9);
-        assert!(read_answer(&json!({"label": 0})).is_none());
-    }
-
-    fn answer(confidence: f64, margin: f64) -> Answer {
-        Answer {
-            label: 0,
-            confidence,
-            second: 1,
-            margin,
-        }
-    }
-
-    #[test]
-    fn x_is_a_close_call_the_neighbours_can_turn() {
-        // k-NN share 0.2: a margin under 0.1 is good.
-        let answers = [answer(0.5, 0.3), answer(0.45, 0.08), answer(0.4, 0.05)];
-        assert_eq!(pick(&answers, 0.2), Some(1), "the first good one");
-        // None good: the closest call under the gate.
-        let answers = [answer(0.5, 0.3), answer(0.8, 0.01), answer(0.6, 0.2)];
-        assert_eq!(pick(&answers, 0.2), Some(2));
-        // All confident: the least confident (one pseudo-label at X at most).
-        let answers = [answer(0.9, 0.8), answer(0.75, 0.5)];
-        assert_eq!(pick(&answers, 0.2), Some(1));
-        assert_eq!(pick(&[], 0.2), None);
-    }
-
-    #[test]
-    fn probes_are_drawn_near_the_centre_and_differ() {
-        let stream = SyntheticStream::new(StreamConfig::default());
-        let anchor = Anchor::of(&stream);
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let (a, b) = (anchor.draw(&mut rng), anchor.draw(&mut rng));
-        assert_ne!(a, b);
-        for x in [&a, &b] {
-            for ((v, m), s) in x.iter().zip(&anchor.mean).zip(&anchor.sd) {
-                assert!(
-                    (f64::from(*v) - m).abs() <= 5.0 * OFFSET_SDS * s + 1e-3,
-                    "{v} {m} {s}"
-                );
-            }
-        }
-    }
-}
+#[path = "probe_tests.rs"]
+mod tests;

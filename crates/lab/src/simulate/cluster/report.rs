@@ -30,14 +30,14 @@ const PALETTE: [RGBColor; 6] = [
 
 /// The cluster's headline figures.
 fn figures(o: &Outcome, f: &Facts, refused: (u64, u64, u64)) -> Value {
-    let probes_accepted = f.probes.iter().filter(|p| p.accepted).count();
+    let probes_accepted: u64 = f.probes.iter().map(|p| p.labels_accepted).sum();
     let spread: Vec<f64> = f.probes.iter().filter_map(|p| p.spread_secs).collect();
     json!({
         "replicas": f.replicas,
         "load_balancer": f.lb,
         "labels_accepted": o.feedback_ok,
         "probe_labels_accepted": probes_accepted,
-        "labels_expected": o.feedback_ok + probes_accepted as u64,
+        "labels_expected": o.feedback_ok + probes_accepted,
         "labels_learned": f.trainer["labels_learned"],
         "trainer_duplicates": f.trainer["duplicates"],
         "trainer_version": f.trainer["version"],
@@ -142,20 +142,22 @@ Every replica served the trainer's version {lag} after the final sync.</p>",
             )),
         )?;
     }
-    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>label</th><th>before (confidence, margin, path)</th><th>k-NN share</th><th>spread</th><th>polls (no vote)</th><th>read from</th><th>error</th></tr>");
+    h.push_str("</table><h3>k-NN probes</h3><table><tr><th>at</th><th>from → to</th><th>labels (p before → last)</th><th>k-NN share</th><th>B's path before</th><th>spread</th><th>polls (no vote)</th><th>read from</th><th>error</th></tr>");
     for p in &f.probes {
+        let points: Vec<String> = p
+            .points
+            .iter()
+            .map(|x| format!("{} ({:.2} → {:.2})", x.label, x.p_before, x.p_last))
+            .collect();
         write!(
             h,
-            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{} ({:.2}, {:.2}, {})</td><td>{:.2}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{:.0} s</td><td>{} → {}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>",
             p.t,
             p.from,
             p.to,
-            p.label,
-            p.before,
-            p.before_confidence,
-            p.margin_before,
-            p.path_before,
+            points.join(", "),
             p.knn_share,
+            p.path_before,
             secs(p.spread_secs),
             p.polls,
             p.polls_without_vote,
