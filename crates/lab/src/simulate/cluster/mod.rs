@@ -15,7 +15,7 @@
 //!   `proc`: one of them, killed when dropped;
 //! - `schedule`: the seeded chaos plan; `chaos`: doing it and timing recoveries;
 //! - `traffic`: the open-loop load and labels through the load balancer;
-//! - `probe`: the k-NN spread probe;
+//! - `probe`: the k-NN spread probe; `anchor`: where it draws its points;
 //! - `drive`: the run and its sampler; `finish`: the final sync and reads;
 //! - `checks`: the verdicts; `report`: `results.json` and `report.html`.
 //!
@@ -23,6 +23,7 @@
 //! balancer: the replicas are found through `GET /v1/cluster`, and there is no
 //! chaos (restarting someone else's processes is not ours to do).
 
+mod anchor;
 mod chaos;
 mod checks;
 mod drive;

@@ -42,12 +42,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::super::stream::SyntheticStream;
+pub use super::anchor::Anchor;
 use crate::model::Mlp;
 
 /// First probe, seconds after the start of the load (the memory needs neighbours).
@@ -67,10 +66,6 @@ const CHOOSE_UNDER: f64 = 0.6;
 /// [`MIN_POINTS`]).
 const ROUNDS: usize = 3;
 const MIN_POINTS: usize = 2;
-/// Samples the centre and spread of the features are taken from.
-const ANCHOR_SAMPLES: u64 = 2000;
-/// A probe's offset from the centre, in each feature's standard deviations.
-const OFFSET_SDS: f64 = 0.15;
 /// Points per probe.
 const POINTS: usize = 4;
 /// Candidates scored by the frozen model per round, and of those (the least
@@ -115,48 +110,6 @@ pub struct Probe {
     /// label's probability in the answer); see `reached`.
     pub signal: &'static str,
     pub error: Option<String>,
-}
-
-/// Where probes are drawn: the features' mean and standard deviation.
-#[derive(Debug, Clone)]
-pub struct Anchor {
-    mean: Vec<f64>,
-    sd: Vec<f64>,
-}
-
-impl Anchor {
-    /// From the stream's first samples (labels are balanced, so the mean is near
-    /// the middle of the class centres in every concept).
-    pub fn of(stream: &SyntheticStream) -> Self {
-        let rows: Vec<Vec<f32>> = (0..ANCHOR_SAMPLES)
-            .map(|t| stream.sample(t).features)
-            .collect();
-        let d = rows.first().map_or(0, Vec::len);
-        let n = rows.len() as f64;
-        let mean: Vec<f64> = (0..d)
-            .map(|j| rows.iter().map(|r| f64::from(r[j])).sum::<f64>() / n)
-            .collect();
-        let sd = (0..d)
-            .map(|j| {
-                (rows
-                    .iter()
-                    .map(|r| (f64::from(r[j]) - mean[j]).powi(2))
-                    .sum::<f64>()
-                    / n)
-                    .sqrt()
-            })
-            .collect();
-        Self { mean, sd }
-    }
-
-    /// A point near the centre.
-    fn draw(&self, rng: &mut ChaCha8Rng) -> Vec<f32> {
-        self.mean
-            .iter()
-            .zip(&self.sd)
-            .map(|(m, s)| (m + OFFSET_SDS * s * rng.sample::<f64, _>(StandardNormal)) as f32)
-            .collect()
-    }
 }
 
 fn argmax_json(v: &Value) -> Option<u32> {
