@@ -92,6 +92,52 @@ fn retries_append_each_record_once_and_a_stale_trainer_cannot_publish() {
     });
 }
 
+/// One label per prediction; a claim whose label was refused, or whose reply never
+/// came, is undone by its own nonce and nobody else's.
+#[test]
+fn a_claim_is_made_once_and_undone_only_by_its_own_nonce() {
+    use adaptserve_cluster::pending::{self, Claim};
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    runtime().block_on(async {
+        let link = Link::open(&LinkConfig::new(redis.url())).unwrap();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            pending::claim(&link, 7, "1:0", ttl).await.unwrap(),
+            Claim::Absent
+        );
+        pending::ship(&link, &[(7, b"record".to_vec())], &[], ttl)
+            .await
+            .unwrap();
+        let found = pending::claim(&link, 7, "2:0", ttl).await.unwrap();
+        assert_eq!(found, Claim::Found(b"record".to_vec()));
+        assert_eq!(
+            pending::claim(&link, 7, "3:0", ttl).await.unwrap(),
+            Claim::Answered
+        );
+        pending::release(&link, 7, "3:0").await.unwrap();
+        assert_eq!(
+            pending::claim(&link, 7, "3:1", ttl).await.unwrap(),
+            Claim::Answered,
+            "another nonce releases nothing"
+        );
+        pending::release(&link, 7, "2:0").await.unwrap();
+        assert_eq!(
+            pending::claim(&link, 7, "3:2", ttl).await.unwrap(),
+            Claim::Found(b"record".to_vec()),
+            "released by its own nonce: claimable again"
+        );
+        // Joined where it was made, without a claim: marked answered.
+        pending::ship(&link, &[(8, b"other".to_vec())], &[8], ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            pending::claim(&link, 8, "1:1", ttl).await.unwrap(),
+            Claim::Answered
+        );
+    });
+}
+
 /// A version whose bytes do not load under the replica's model is refused; the
 /// replica serves on.
 #[test]

@@ -61,6 +61,11 @@ impl Keys {
         format!("{}:pending:{request_id}", self.tag)
     }
 
+    /// Set once a label joined prediction `request_id` (its claimer's nonce).
+    pub fn answered(&self, request_id: u64) -> String {
+        format!("{}:answered:{request_id}", self.tag)
+    }
+
     /// Hash: replica id → its status (JSON), refreshed every second.
     pub fn replicas(&self) -> String {
         format!("{}:replicas", self.tag)
@@ -89,6 +94,7 @@ mod tests {
             keys.trainer_status(),
             keys.sync(),
             keys.pending(42),
+            keys.answered(42),
             keys.replicas(),
             keys.rate("10.0.0.1", 7),
         ] {

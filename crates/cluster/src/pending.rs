@@ -3,13 +3,15 @@
 //!
 //! The replica that answered ships each prediction's pending record (the same
 //! bytes its pending log keeps) under `pending:{id}` with the pending TTL, in
-//! pipelined batches, off the request path. A label is *claimed*: one script takes
-//! the record and leaves a tombstone in its place (same expiry), so a second label
-//! for the same id, on any replica, finds the tombstone and is refused as already
-//! answered. A label joined on the replica that holds its prediction without a
-//! claim (the record not shipped yet, or Redis away) is marked answered by that
-//! replica's shipper, after the record itself and never before it: shipping a
-//! record writes only where no key exists, so a tombstone always wins.
+//! pipelined batches, off the request path. A label *claims* it: one script reads
+//! the record and sets `answered:{id}` to the claimer's nonce, unless it is set
+//! already, so one label joins each prediction cluster-wide. The record itself
+//! stays, so a claim can be undone: when the label could not be logged, or when
+//! the claim's reply never came (Redis stalled: the script may run after the
+//! replica gave up), the replica releases it with its nonce once Redis answers, and
+//! the label can be sent again. A label joined on the replica that holds the
+//! prediction without a claim (Redis away) is marked answered by that replica's
+//! shipper when Redis is back.
 
 use std::time::Duration;
 
@@ -18,8 +20,8 @@ use redis::{Script, Value};
 use crate::link::{ClusterError, Link};
 use crate::reply;
 
-/// What a tombstone holds: never a pending record, which is at least 24 bytes.
-const TOMBSTONE: &[u8] = b"answered";
+/// The mark of a label joined where the prediction was made, without a claim.
+const LOCAL: &[u8] = b"local";
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,20 +34,28 @@ pub enum Claim {
     Absent,
 }
 
-/// KEYS: pending:{id}. ARGV: tombstone.
+/// KEYS: answered:{id}, pending:{id}. ARGV: nonce, ttl ms.
 const CLAIM: &str = r"
-local v = redis.call('GET', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local v = redis.call('GET', KEYS[2])
 if v == false then
   return false
 end
-if v == ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return v
 ";
 
-/// Ships `(id, record)` pairs with `ttl`, never over an existing key, and marks
+/// KEYS: answered:{id}. ARGV: nonce. Undoes this nonce's claim, nobody else's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Ships `(id, record)` pairs with `ttl`, never over an existing record, and marks
 /// the `answered` ids (labels joined on the replica that holds them) as claimed.
 pub async fn ship(
     link: &Link,
@@ -56,8 +66,8 @@ pub async fn ship(
     let mut pipe = redis::pipe();
     for id in answered {
         pipe.cmd("SET")
-            .arg(link.keys().pending(*id))
-            .arg(TOMBSTONE)
+            .arg(link.keys().answered(*id))
+            .arg(LOCAL)
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .ignore();
@@ -74,11 +84,20 @@ pub async fn ship(
     link.pipe(&pipe).await.map(|_| ())
 }
 
-/// Claims the prediction `id` for a label.
-pub async fn claim(link: &Link, id: u64) -> Result<Claim, ClusterError> {
+/// Claims the prediction `id` for a label, under `nonce` (unique to this claim).
+pub async fn claim(
+    link: &Link,
+    id: u64,
+    nonce: &str,
+    ttl: Duration,
+) -> Result<Claim, ClusterError> {
     let script = Script::new(CLAIM);
     let mut invocation = script.prepare_invoke();
-    invocation.key(link.keys().pending(id)).arg(TOMBSTONE);
+    invocation
+        .key(link.keys().answered(id))
+        .key(link.keys().pending(id))
+        .arg(nonce)
+        .arg(ttl.as_millis() as u64);
     match link.script(&invocation).await? {
         Value::Nil => Ok(Claim::Absent),
         Value::Int(0) => Ok(Claim::Answered),
@@ -88,22 +107,11 @@ pub async fn claim(link: &Link, id: u64) -> Result<Claim, ClusterError> {
     }
 }
 
-/// Puts a claimed record back (its label could not be logged), so the label can be
-/// sent again anywhere.
-pub async fn unclaim(
-    link: &Link,
-    id: u64,
-    record: &[u8],
-    ttl: Duration,
-) -> Result<(), ClusterError> {
-    link.query(
-        redis::cmd("SET")
-            .arg(link.keys().pending(id))
-            .arg(record)
-            .arg("PX")
-            .arg(ttl.as_millis() as u64),
-        Duration::ZERO,
-    )
-    .await
-    .map(|_| ())
+/// Undoes the claim made under `nonce` (if it was made at all), so the label can
+/// be sent again.
+pub async fn release(link: &Link, id: u64, nonce: &str) -> Result<(), ClusterError> {
+    let script = Script::new(RELEASE);
+    let mut invocation = script.prepare_invoke();
+    invocation.key(link.keys().answered(id)).arg(nonce);
+    link.script(&invocation).await.map(|_| ())
 }

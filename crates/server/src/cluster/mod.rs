@@ -78,6 +78,8 @@ pub(crate) struct Stats {
     claims_remote: AtomicU64,
     /// Claims that could not reach the store.
     claims_unreachable: AtomicU64,
+    /// Claims in doubt forgotten before Redis came back (the queue was full).
+    doubts_forgotten: AtomicU64,
 }
 
 /// This server's part in a cluster.
@@ -96,6 +98,10 @@ pub struct Replica {
     position: Arc<parking_lot::Mutex<experiences::Position>>,
     /// Where Redis going away and coming back is announced (set at start).
     alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
+    /// Claims made so far: each claim's nonce is this replica's id and this count.
+    claims: AtomicU64,
+    /// Claims whose reply never came, released once Redis answers.
+    doubts: parking_lot::Mutex<std::collections::VecDeque<(u64, String)>>,
 }
 
 /// What the replica's tasks run on, once the engine and the update path exist.
@@ -144,6 +150,8 @@ impl Replica {
             state_dir,
             position: Arc::new(parking_lot::Mutex::new(position)),
             alerts: std::sync::OnceLock::new(),
+            claims: AtomicU64::new(0),
+            doubts: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -242,6 +250,7 @@ impl Replica {
             match result {
                 Ok(trainer) => {
                     self.up();
+                    self.release_doubts().await;
                     if let Some(t) = trainer {
                         self.stats
                             .trainer_version
@@ -326,6 +335,7 @@ impl Replica {
                 unshipped: s.pending_unshipped.load(Ordering::Relaxed),
                 claimed_remote: s.claims_remote.load(Ordering::Relaxed),
                 claims_unreachable: s.claims_unreachable.load(Ordering::Relaxed),
+                doubts_forgotten: s.doubts_forgotten.load(Ordering::Relaxed),
             },
         }
     }
@@ -423,4 +433,7 @@ pub struct SharingStatus {
     pub unshipped: u64,
     pub claimed_remote: u64,
     pub claims_unreachable: u64,
+    /// Claims whose reply never came and that were forgotten before Redis was
+    /// back to release them.
+    pub doubts_forgotten: u64,
 }

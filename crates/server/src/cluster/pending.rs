@@ -101,19 +101,25 @@ impl SharedPending for Replica {
                     .fetch_add(1, Ordering::Relaxed);
                 return RemoteClaim::Unreachable;
             }
-            match pending::claim(&self.link, request_id).await {
+            let nonce = format!(
+                "{}:{}",
+                self.id,
+                self.claims.fetch_add(1, Ordering::Relaxed)
+            );
+            match pending::claim(&self.link, request_id, &nonce, self.pending_ttl).await {
                 Ok(Claim::Found(record)) => {
                     self.up();
                     match decode(&record) {
                         Ok(Record::Prediction { prediction, .. }) => {
                             self.stats.claims_remote.fetch_add(1, Ordering::Relaxed);
-                            RemoteClaim::Found(prediction, record)
+                            RemoteClaim::Found(prediction, nonce)
                         }
                         Ok(Record::Answered { .. }) | Err(_) => {
                             tracing::error!(
                                 request_id,
                                 "the shared pending record does not decode; treated as absent"
                             );
+                            self.release(request_id, nonce);
                             RemoteClaim::Absent
                         }
                     }
@@ -127,22 +133,58 @@ impl SharedPending for Replica {
                     RemoteClaim::Absent
                 }
                 Err(e) => {
+                    // The script may still run once Redis answers (a stall): the
+                    // claim is in doubt and is released then, so that the label,
+                    // refused now, can be sent again.
                     self.down(&e);
                     self.stats
                         .claims_unreachable
                         .fetch_add(1, Ordering::Relaxed);
+                    self.doubt(request_id, nonce);
                     RemoteClaim::Unreachable
                 }
             }
         })
     }
 
-    fn unclaim(&self, request_id: u64, record: Vec<u8>) {
-        let (link, ttl) = (self.link.clone(), self.pending_ttl);
+    fn release(&self, request_id: u64, nonce: String) {
+        let link = self.link.clone();
         tokio::spawn(async move {
-            if let Err(e) = pending::unclaim(&link, request_id, &record, ttl).await {
-                tracing::warn!(request_id, error = %e, "cannot put a claimed prediction back");
+            if let Err(e) = pending::release(&link, request_id, &nonce).await {
+                tracing::warn!(request_id, error = %e, "cannot release a claim");
             }
         });
+    }
+}
+
+/// Claims in doubt kept at most; past it the oldest is forgotten (counted), and
+/// its label, if the claim did run, is answered 404 when sent again.
+const DOUBTS: usize = 4096;
+
+impl Replica {
+    /// Keeps a claim whose reply never came, to release once Redis answers.
+    fn doubt(&self, request_id: u64, nonce: String) {
+        let mut doubts = self.doubts.lock();
+        if doubts.len() == DOUBTS {
+            doubts.pop_front();
+            self.stats.doubts_forgotten.fetch_add(1, Ordering::Relaxed);
+        }
+        doubts.push_back((request_id, nonce));
+    }
+
+    /// Releases the claims in doubt; those Redis does not take now wait for the
+    /// next call (the heartbeat's, every second).
+    pub(super) async fn release_doubts(&self) {
+        let doubts: Vec<_> = self.doubts.lock().drain(..).collect();
+        for (i, (request_id, nonce)) in doubts.iter().enumerate() {
+            if let Err(e) = pending::release(&self.link, *request_id, nonce).await {
+                self.down(&e);
+                let mut kept = self.doubts.lock();
+                for doubt in doubts[i..].iter().rev() {
+                    kept.push_front(doubt.clone());
+                }
+                return;
+            }
+        }
     }
 }

@@ -152,11 +152,11 @@ impl Engine {
 
     /// The prediction `request_id` for its label: from this replica's map, or in a
     /// cluster claimed from the shared store first, so that one label joins it
-    /// cluster-wide. Also returns the shared record claimed, if any.
+    /// cluster-wide. Also returns the claim's nonce, if it claimed.
     async fn take_pending(
         &self,
         request_id: u64,
-    ) -> Result<(super::PendingPrediction, Option<Vec<u8>>), EngineError> {
+    ) -> Result<(super::PendingPrediction, Option<String>), EngineError> {
         let unknown = EngineError::UnknownRequest { request_id };
         let Some(shared) = &self.shared_pending else {
             let local = self.pending.take(request_id, Instant::now());
@@ -175,10 +175,10 @@ impl Engine {
             claim = shared.claim(request_id).await;
         }
         match claim {
-            RemoteClaim::Found(mut remote, record) => {
+            RemoteClaim::Found(mut remote, nonce) => {
                 // Made here: the local copy is the same prediction; drop it either way.
                 if let Some(local) = self.pending.take(request_id, Instant::now()) {
-                    return Ok((local, Some(record)));
+                    return Ok((local, Some(nonce)));
                 }
                 // Made elsewhere: a record carries no embedding; this model keys it.
                 let announcement = self.client.announce();
@@ -189,10 +189,10 @@ impl Engine {
                 {
                     Ok(out) => {
                         remote.embedding = out.embeddings;
-                        Ok((remote, Some(record)))
+                        Ok((remote, Some(nonce)))
                     }
                     Err(e) => {
-                        shared.unclaim(request_id, record);
+                        shared.release(request_id, nonce);
                         Err(e.into())
                     }
                 }
@@ -225,10 +225,10 @@ impl Engine {
         &self,
         request_id: u64,
         pending: super::PendingPrediction,
-        claimed: Option<Vec<u8>>,
+        claimed: Option<String>,
     ) {
-        if let (Some(shared), Some(record)) = (&self.shared_pending, claimed) {
-            shared.unclaim(request_id, record);
+        if let (Some(shared), Some(nonce)) = (&self.shared_pending, claimed) {
+            shared.release(request_id, nonce);
         }
         self.pending.insert(request_id, pending, Instant::now());
     }

@@ -12,9 +12,9 @@ use super::pending::PendingPrediction;
 /// What a claim found.
 #[derive(Debug)]
 pub enum RemoteClaim {
-    /// The prediction, with its shared record (to put back if the label cannot be
-    /// logged).
-    Found(PendingPrediction, Vec<u8>),
+    /// The prediction, with the claim's nonce (to release it if the label cannot
+    /// be logged).
+    Found(PendingPrediction, String),
     /// Another label claimed it first.
     Answered,
     /// The store has nothing for it (never shipped, expired).
@@ -27,6 +27,6 @@ pub enum RemoteClaim {
 pub trait SharedPending: Send + Sync + std::fmt::Debug {
     /// Claims prediction `request_id` for a label.
     fn claim(&self, request_id: u64) -> Pin<Box<dyn Future<Output = RemoteClaim> + Send + '_>>;
-    /// Puts a claimed record back (its label was refused), in the background.
-    fn unclaim(&self, request_id: u64, record: Vec<u8>);
+    /// Releases a claim (its label was refused), in the background.
+    fn release(&self, request_id: u64, nonce: String);
 }
