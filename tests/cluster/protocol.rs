@@ -33,6 +33,7 @@ fn version_of(version: u64, token: u64, weights: &[u8]) -> Version {
         updates: 0,
         duplicates: 0,
         skipped: 0,
+        labels_skipped: 0,
         verdict: "close".into(),
         unix_ms: 0,
     }
@@ -60,26 +61,37 @@ fn retries_append_each_record_once_and_a_stale_trainer_cannot_publish() {
 
         // Two trainers: the first's lease lapses, the second takes it.
         let ttl = Duration::from_millis(300);
-        let old = lease::acquire(&link, ttl).await.unwrap().unwrap();
-        assert_eq!(lease::acquire(&link, ttl).await.unwrap(), None, "held");
+        let old = lease::acquire(&link, "a", ttl).await.unwrap().unwrap();
+        assert_eq!(lease::acquire(&link, "b", ttl).await.unwrap(), None, "held");
+        let again = lease::acquire(&link, "a", ttl).await.unwrap().unwrap();
+        assert_eq!(again, old, "its holder takes it back, same token");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let new = lease::acquire(&link, ttl).await.unwrap().unwrap();
-        assert!(new > old, "tokens only rise");
-        assert!(!lease::renew(&link, old, ttl).await.unwrap());
-        let entry = |token| version_of(2, token, b"weights");
-        let err = versions::publish(&link, &entry(old), b"weights")
-            .await
-            .unwrap_err();
-        assert_eq!(err, ClusterError::Fenced { token: old });
+        let new = lease::acquire(&link, "b", ttl).await.unwrap().unwrap();
+        assert!(new.token > old.token, "tokens only rise");
+        assert!(!lease::renew(&link, &old, ttl).await.unwrap());
+        let err = versions::publish(
+            &link,
+            &old,
+            &version_of(2, old.token, b"weights"),
+            b"weights",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err, ClusterError::Fenced { token: old.token });
         assert!(
             versions::latest(&link).await.unwrap().is_none(),
             "nothing published"
         );
-        versions::publish(&link, &entry(new), b"weights")
-            .await
-            .unwrap();
+        versions::publish(
+            &link,
+            &new,
+            &version_of(2, new.token, b"weights"),
+            b"weights",
+        )
+        .await
+        .unwrap();
         let latest = versions::latest(&link).await.unwrap().unwrap();
-        assert_eq!(latest.token, new);
+        assert_eq!(latest.token, new.token);
         assert_eq!(versions::weights(&link, &latest).await.unwrap(), b"weights");
         // Bytes that do not match their entry are refused, naming the version.
         let mut damaged = latest.clone();
@@ -148,13 +160,15 @@ fn a_replica_refuses_a_damaged_version_and_serves_on() {
     let serving = replica.status()["model_version"].as_u64().unwrap();
     runtime().block_on(async {
         let link = Link::open(&LinkConfig::new(redis.url())).unwrap();
-        let token = lease::acquire(&link, Duration::from_secs(5))
+        let held = lease::acquire(&link, "test", Duration::from_secs(5))
             .await
             .unwrap()
             .unwrap();
         let garbage = b"not a safetensors file".to_vec();
-        let entry = version_of(serving + 1, token, &garbage);
-        versions::publish(&link, &entry, &garbage).await.unwrap();
+        let entry = version_of(serving + 1, held.token, &garbage);
+        versions::publish(&link, &held, &entry, &garbage)
+            .await
+            .unwrap();
     });
     super::harness::wait_for(Duration::from_secs(10), "the refusal to be counted", || {
         replica.status()["cluster"]["versions_refused"].as_u64() >= Some(1)

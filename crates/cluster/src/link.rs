@@ -55,7 +55,7 @@ impl From<redis::RedisError> for ClusterError {
             || e.is_unrecoverable_error()
         {
             Self::Unreachable(e.to_string())
-        } else if e.to_string().contains("LOADING") {
+        } else if e.to_string().to_ascii_lowercase().contains("loading") {
             // A restarted Redis replaying its AOF: up soon, not wrong.
             Self::Unreachable(e.to_string())
         } else {
@@ -64,7 +64,9 @@ impl From<redis::RedisError> for ClusterError {
     }
 }
 
-/// Whether an error says the connection was gone (as opposed to a timeout).
+/// Whether an error says the connection was gone (as opposed to a timeout). A
+/// refusal counts: after Redis restarts, the connection manager hands the last
+/// reconnect attempt's refusal to the next call, though a retry now connects.
 fn is_dropped(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [

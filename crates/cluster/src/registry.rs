@@ -42,7 +42,7 @@ pub struct TrainerStatus {
     pub version: u64,
     /// The label stream position it has read through.
     pub position: String,
-    /// Client labels learned over the lineage.
+    /// Client labels learned over the lineage (in the published weights).
     pub labels_learned: u64,
     /// Updates of every kind learned over the lineage.
     pub updates_learned: u64,
@@ -50,6 +50,8 @@ pub struct TrainerStatus {
     pub duplicates: u64,
     /// Updates a rejected version held, not learned.
     pub skipped: u64,
+    /// Of those, client labels.
+    pub labels_skipped: u64,
     /// Versions the guard rejected.
     pub rejected: u64,
     pub unix_ms: u64,

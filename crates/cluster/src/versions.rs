@@ -47,6 +47,8 @@ pub struct Version {
     pub duplicates: u64,
     /// Updates deliberately not learned (a version the guard rejected).
     pub skipped: u64,
+    /// Of those, client labels: read once, not in the weights.
+    pub labels_skipped: u64,
     /// The guard's verdict on this version.
     pub verdict: String,
     pub unix_ms: u64,
@@ -74,6 +76,7 @@ impl Version {
             ("updates", self.updates.to_string()),
             ("dups", self.duplicates.to_string()),
             ("skipped", self.skipped.to_string()),
+            ("lskipped", self.labels_skipped.to_string()),
             ("verdict", self.verdict.clone()),
             ("ms", self.unix_ms.to_string()),
         ]
@@ -108,6 +111,7 @@ impl Version {
             updates: entry.number("updates")?,
             duplicates: entry.number("dups")?,
             skipped: entry.number("skipped")?,
+            labels_skipped: entry.number("lskipped")?,
             verdict: entry.text("verdict")?.to_string(),
             unix_ms: entry.number("ms")?,
         })
@@ -209,21 +213,22 @@ pub async fn weights(link: &Link, version: &Version) -> Result<Vec<u8>, ClusterE
     Ok(bytes)
 }
 
-/// KEYS: lease, weights, versions. ARGV: token, weights, then the entry's
-/// field/value pairs.
+/// KEYS: lease, weights, versions. ARGV: the lease's value, weights, then the
+/// entry's field/value pairs.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED the lease is not this token')
+  return redis.error_reply('FENCED the lease is not this one')
 end
 redis.call('SET', KEYS[2], ARGV[2])
 return redis.call('XADD', KEYS[3], 'MAXLEN', '~', '1000', '*', unpack(ARGV, 3))
 ";
 
-/// Publishes `version` with `weights` if the lease still holds `version.token`;
-/// returns the entry's id. Also deletes the weights of versions older than
-/// [`KEEP_WEIGHTS`].
+/// Publishes `version` with `weights` if the lease is still `lease` (whose token
+/// `version.token` names); returns the entry's id. Also deletes the weights of
+/// versions older than [`KEEP_WEIGHTS`].
 pub async fn publish(
     link: &Link,
+    lease: &crate::lease::Lease,
     version: &Version,
     weights: &[u8],
 ) -> Result<StreamId, ClusterError> {
@@ -233,7 +238,7 @@ pub async fn publish(
         .key(link.keys().lease())
         .key(link.keys().weights(version.version))
         .key(link.keys().versions())
-        .arg(version.token)
+        .arg(lease.value())
         .arg(weights);
     for (k, v) in version.fields() {
         invocation.arg(k).arg(v);
@@ -280,6 +285,7 @@ mod tests {
             updates: 47,
             duplicates: 0,
             skipped: 0,
+            labels_skipped: 0,
             verdict: "close".into(),
             unix_ms: 1_700_000_000_000,
         }

@@ -26,10 +26,14 @@ use crate::versions::{self, Version};
 
 /// Entries read per call; fewer back means the trainer has caught up.
 const READ_COUNT: usize = 512;
-/// How long one read waits for new entries.
-const READ_BLOCK: Duration = Duration::from_millis(100);
+/// How long the trainer waits after a read that found nothing. Not a blocking
+/// read: Redis times blocked reads out on its 100 ms tick, which would hold a sync
+/// request (checked between reads) for up to ~190 ms; polling costs ~200 cheap
+/// reads a second while idle.
+const IDLE: Duration = Duration::from_millis(5);
 /// How often the sync counter and the status are looked at.
 const POLL: Duration = Duration::from_millis(50);
+// (and after every read that found nothing: an idle trainer answers a sync at once)
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the published lineage has learned: the newest version's entry, carried
@@ -48,16 +52,18 @@ struct Lineage {
     updates: u64,
     duplicates: u64,
     skipped: u64,
+    labels_skipped: u64,
 }
 
 pub(super) async fn lead(
     config: &TrainerConfig,
     link: &Link,
     reader: &Link,
-    token: u64,
+    held: &lease::Lease,
     seed: &Arc<Mlp>,
     stop: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> anyhow::Result<TermEnd> {
+    let token = held.token;
     let mut lineage = resume(link, seed).await?;
     tracing::info!(
         token,
@@ -90,15 +96,22 @@ pub(super) async fn lead(
     let publish_every = Duration::from_millis(settings.publish_every_ms);
     loop {
         if last_renew.elapsed() >= config.lease_ttl / 5 {
-            if !lease::renew(link, token, config.lease_ttl).await? {
+            if !lease::renew(link, held, config.lease_ttl).await? {
                 bail!("the lease was lost (token {token}); another trainer leads");
             }
             last_renew = Instant::now();
         }
         let read = tokio::select! {
             () = stop.as_mut() => return Ok(TermEnd::Stop),
-            read = labels::read_after(reader, fresh.position, READ_COUNT, Some(READ_BLOCK)) => read?,
+            read = labels::read_after(reader, fresh.position, READ_COUNT, None) => read?,
         };
+        let read_nothing = read.is_empty();
+        if read_nothing && !sync_wanted {
+            tokio::select! {
+                () = stop.as_mut() => return Ok(TermEnd::Stop),
+                () = tokio::time::sleep(IDLE) => {}
+            }
+        }
         let caught_up = read.len() < READ_COUNT;
         for entry in read {
             fresh.position = entry.id;
@@ -135,7 +148,7 @@ pub(super) async fn lead(
                     seq = entry.seq, error = %e, "an undecodable update on the stream; skipped"),
             }
         }
-        if last_poll.elapsed() >= POLL {
+        if last_poll.elapsed() >= POLL || read_nothing {
             let requests = registry::sync_requests(link).await?;
             sync_wanted |= requests != sync_seen;
             sync_seen = requests;
@@ -159,7 +172,7 @@ pub(super) async fn lead(
             let verdict = publish(
                 config,
                 link,
-                token,
+                held,
                 &mut lineage,
                 &fresh,
                 &mut learner,
@@ -201,6 +214,7 @@ pub(super) async fn lead(
                 updates_learned: lineage.updates,
                 duplicates: lineage.duplicates,
                 skipped: lineage.skipped,
+                labels_skipped: lineage.labels_skipped,
                 rejected,
                 unix_ms: unix_ms(),
             };
@@ -223,6 +237,7 @@ impl Lineage {
             updates: self.updates,
             duplicates: self.duplicates,
             skipped: self.skipped,
+            labels_skipped: self.labels_skipped,
         }
     }
 }
@@ -240,6 +255,7 @@ async fn resume(link: &Link, seed: &Arc<Mlp>) -> anyhow::Result<Lineage> {
             updates: 0,
             duplicates: 0,
             skipped: 0,
+            labels_skipped: 0,
         });
     };
     let bytes = versions::weights(link, &newest).await?;
@@ -257,6 +273,7 @@ async fn resume(link: &Link, seed: &Arc<Mlp>) -> anyhow::Result<Lineage> {
         updates: newest.updates,
         duplicates: newest.duplicates,
         skipped: newest.skipped,
+        labels_skipped: newest.labels_skipped,
     })
 }
 
@@ -279,14 +296,14 @@ fn load(seed: &Mlp, bytes: &[u8], version: u64) -> anyhow::Result<Mlp> {
 async fn publish(
     config: &TrainerConfig,
     link: &Link,
-    token: u64,
+    held: &lease::Lease,
     lineage: &mut Lineage,
     fresh: &Lineage,
     learner: &mut Learner,
     probe: &VecDeque<(Vec<f32>, u32)>,
     started_fresh: bool,
 ) -> anyhow::Result<Verdict> {
-    let version = lineage.version + 1;
+    let (version, token) = (lineage.version + 1, held.token);
     let candidate = learner.snapshot(version)?;
     let inputs: Vec<f32> = probe.iter().flat_map(|(x, _)| x.iter().copied()).collect();
     let labels: Vec<Option<u32>> = probe.iter().map(|(_, y)| Some(*y)).collect();
@@ -314,8 +331,8 @@ async fn publish(
         applied_seq: fresh.updates,
     };
     let path = format!("redis:weights:{version}");
-    let (model, skipped): (&Mlp, u64) = if verdict.accepts() {
-        (&candidate, 0)
+    let (model, skipped, labels_skipped): (&Mlp, u64, u64) = if verdict.accepts() {
+        (&candidate, 0, 0)
     } else {
         tracing::warn!(
             version,
@@ -323,7 +340,11 @@ async fn publish(
             "the guard rejected the new weights; republishing the serving ones"
         );
         // The stamp gives the serving weights the new number.
-        (&lineage.model, fresh.updates - lineage.updates)
+        (
+            &lineage.model,
+            fresh.updates - lineage.updates,
+            fresh.labels - lineage.labels,
+        )
     };
     let bytes = model.to_safetensors(Path::new(&path), SaveDtype::F16, &stamp(model, &from))?;
     // The guard of the next version compares with exactly what replicas load.
@@ -337,14 +358,17 @@ async fn publish(
         bytes: bytes.len() as u64,
         position: fresh.position,
         learned: fresh.learned.clone(),
-        labels: fresh.labels,
-        updates: fresh.updates,
+        // What the served weights have learned: a rejected version's updates are
+        // counted as skipped instead.
+        labels: fresh.labels - labels_skipped,
+        updates: fresh.updates - skipped,
         duplicates: fresh.duplicates,
         skipped: lineage.skipped + skipped,
+        labels_skipped: lineage.labels_skipped + labels_skipped,
         verdict: format!("{verdict:?}").to_lowercase(),
         unix_ms: unix_ms(),
     };
-    let id = versions::publish(link, &entry, &bytes).await?;
+    let id = versions::publish(link, held, &entry, &bytes).await?;
     if let Some(dir) = &config.backup_dir {
         let store = adaptserve_core::update::Checkpoints::new(dir.join("checkpoints"));
         let kept = store
@@ -367,6 +391,7 @@ async fn publish(
         updates: entry.updates,
         duplicates: entry.duplicates,
         skipped: entry.skipped,
+        labels_skipped: entry.labels_skipped,
     };
     Ok(verdict)
 }

@@ -35,7 +35,7 @@ pub struct TrainerConfig {
     pub model_dir: PathBuf,
     /// Where every published version is also kept as a checkpoint (optional).
     pub backup_dir: Option<PathBuf>,
-    /// This trainer's name in the status.
+    /// This trainer's name in the status and the lease: unique per trainer.
     pub holder: String,
     /// Training and publishing (the update-worker's settings).
     pub settings: WorkerConfig,
@@ -73,12 +73,12 @@ pub async fn run(config: TrainerConfig, stop: impl Future<Output = ()>) -> anyho
     let mut backoff = Retry::new(Duration::from_millis(200), Duration::from_secs(5));
     tokio::pin!(stop);
     loop {
-        let token = tokio::select! {
+        let acquired = tokio::select! {
             () = &mut stop => return Ok(()),
-            acquired = lease::acquire(&link, config.lease_ttl) => acquired,
+            acquired = lease::acquire(&link, &config.holder, config.lease_ttl) => acquired,
         };
-        let token = match token {
-            Ok(Some(token)) => token,
+        let held = match acquired {
+            Ok(Some(held)) => held,
             Ok(None) => {
                 // Another trainer leads: look again within a fraction of its lease.
                 tokio::select! {
@@ -96,11 +96,12 @@ pub async fn run(config: TrainerConfig, stop: impl Future<Output = ()>) -> anyho
             }
         };
         backoff.reset();
+        let token = held.token;
         tracing::info!(token, holder = %config.holder, "trainer leads");
-        let ended = lead::lead(&config, &link, &reader, token, &seed, &mut stop).await;
+        let ended = lead::lead(&config, &link, &reader, &held, &seed, &mut stop).await;
         match ended {
             Ok(TermEnd::Stop) => {
-                if let Err(e) = lease::release(&link, token).await {
+                if let Err(e) = lease::release(&link, &held).await {
                     tracing::warn!(error = %e, "could not give the lease up; it expires");
                 }
                 tracing::info!(token, "trainer stopped");

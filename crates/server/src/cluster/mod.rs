@@ -71,9 +71,8 @@ pub(crate) struct Stats {
     trainer_version: AtomicU64,
     /// The label stream position the newest published version has learned through.
     trainer_position: parking_lot::Mutex<StreamId>,
-    /// Pending records shipped, and dropped (Redis away or queue full).
+    /// Pending records shipped.
     pending_shipped: AtomicU64,
-    pending_unshipped: AtomicU64,
     /// Labels whose prediction came from another replica through the store.
     claims_remote: AtomicU64,
     /// Claims that could not reach the store.
@@ -300,7 +299,8 @@ impl Replica {
     }
 
     /// The replica's part of `/v1/status`.
-    pub fn status(&self, logged_seq: u64) -> ClusterStatus {
+    /// `unshared`: pending records the writer could not queue for shipping.
+    pub fn status(&self, logged_seq: u64, unshared: u64) -> ClusterStatus {
         let s = &self.stats;
         let forwarded_seq = s.forwarded_seq.load(Ordering::Relaxed);
         let behind = s.behind_since_ms.load(Ordering::Relaxed);
@@ -332,7 +332,7 @@ impl Replica {
             },
             pending: SharingStatus {
                 shipped: s.pending_shipped.load(Ordering::Relaxed),
-                unshipped: s.pending_unshipped.load(Ordering::Relaxed),
+                unshipped: unshared,
                 claimed_remote: s.claims_remote.load(Ordering::Relaxed),
                 claims_unreachable: s.claims_unreachable.load(Ordering::Relaxed),
                 doubts_forgotten: s.doubts_forgotten.load(Ordering::Relaxed),

@@ -3,12 +3,11 @@
 //!
 //! The WAL writer hands each logged pending record to a bounded queue; the shipper
 //! drains it in batches of up to [`BATCH`] and ships each batch in one pipelined
-//! round trip. While Redis is away a batch of predictions is dropped and counted:
-//! those predictions still join labels sent to this replica, and a label sent
-//! elsewhere is answered 404 (its prediction unknown there) rather than waiting.
-//! The writer also queues an "answered" record for every label joined here; those
-//! wait for Redis (a tombstone each), so a label joined here while Redis was away
-//! cannot join a second time on another replica afterwards.
+//! round trip. While Redis is away the batch waits and the queue fills (what does
+//! not fit is counted by the writer as unshared); those predictions still join
+//! labels sent to this replica, and once Redis is back, anywhere. The writer also
+//! queues an "answered" record for every label joined here, so a label joined here
+//! while Redis was away cannot join a second time on another replica afterwards.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +51,10 @@ pub(super) async fn ship_loop(
             }
         }
         let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(2));
+        // Kept and retried while Redis is away: the queue behind it (bounded by
+        // `cluster.share_queue`) fills meanwhile and the writer counts what it
+        // cannot add. So a prediction made during an outage still reaches the
+        // other replicas when Redis is back, and its label joins there.
         loop {
             match pending::ship(&replica.link, &batch, &answered, replica.pending_ttl).await {
                 Ok(()) => {
@@ -62,28 +65,12 @@ pub(super) async fn ship_loop(
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     break;
                 }
-                // Answered marks are few and keep a second label from joining
-                // elsewhere: they wait for Redis. Predictions are many; a batch
-                // that cannot go now is dropped (their labels still join here).
-                Err(e) if !answered.is_empty() => {
+                Err(e) => {
                     replica.down(&e);
-                    replica
-                        .stats
-                        .pending_unshipped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
                     tokio::select! {
                         _ = stop.changed() => return,
                         () = tokio::time::sleep(retry.next_delay()) => {}
                     }
-                }
-                Err(e) => {
-                    replica.down(&e);
-                    replica
-                        .stats
-                        .pending_unshipped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    break;
                 }
             }
         }

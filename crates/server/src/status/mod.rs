@@ -345,7 +345,9 @@ impl Status {
                 rejected: load(&b.rejected),
                 target_batch: b.target_batch.load(Ordering::Relaxed),
             },
-            cluster: state.replica().map(|r| r.status(pipeline.last_seq())),
+            cluster: state
+                .replica()
+                .map(|r| r.status(pipeline.last_seq(), pipeline.unshared())),
             ready: state.is_ready(),
             worker_enabled: updates.worker().enabled(),
         }

@@ -135,7 +135,10 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome, f: &Facts) -> Vec<Check> {
         o.ok as f64 / o.sent as f64
     };
     let accepted = o.feedback_ok + f.probes.iter().map(|p| p.labels_accepted).sum::<u64>();
-    let learned = f.trainer["labels_learned"].as_f64().unwrap_or(f64::NAN);
+    // Every accepted label read once by the trainer: learned, or held by a version
+    // the guard rejected (skipped on purpose, as a standalone server's swap does).
+    let learned = f.trainer["labels_learned"].as_f64().unwrap_or(f64::NAN)
+        + f.trainer["labels_skipped"].as_f64().unwrap_or(0.0);
     let duplicates = f.trainer["duplicates"].as_f64().unwrap_or(f64::NAN);
     let synced = f.syncs.iter().filter(|s| s.ok).count();
     let (_, _, outside) = tally_refusals(f, args);
