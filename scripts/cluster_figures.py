@@ -34,7 +34,8 @@ fresh state dir and a free port, measures, stops them, and prints a JSON summary
      seconds. Counts failed inferences, the p99 before, during and after, the time
      until each replica's backlog at the moment Redis returned is on the stream and
      until a replica serves a new version, and, after a final sync on every
-     replica, whether the trainer's labels_learned equals the labels answered 202
+     replica, whether the trainer's labels_learned plus labels_skipped (labels of
+     versions its guard rejected) equals the labels answered 202
      (and duplicates == 0). A label by request_id sent to the other replica while
      Redis is away is answered 503 (documented: retry), so it is not acknowledged.
 
@@ -75,6 +76,12 @@ BASE = [0.7, -1200.5, 0.0031, 45.2, 880000.0, -0.02, 3.3, 0.9, 12.0, -0.4,
         7000.0, 0.11, -2.5, 0.0009, 61.0, -330000.0]
 PROCS = []  # every process this script started, stopped at exit
 
+
+
+def read_once(trainer):
+    """Labels the trainer read once: in the served weights, or held by a version
+    its guard rejected (counted as skipped, not learned)."""
+    return trainer["labels_learned"] + trainer.get("labels_skipped", 0)
 
 def log(*parts):
     print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
@@ -783,7 +790,7 @@ def figure3(args, mode):
         for _ in range(100):
             view = replicas[0].cluster()
             trainer = view.get("trainer") if view else None
-            if trainer and trainer["labels_learned"] >= acked:
+            if trainer and read_once(trainer) >= acked:
                 break
             time.sleep(0.2)
         statuses = [r.status() for r in replicas]
@@ -818,7 +825,8 @@ def figure3(args, mode):
             "first_new_version_after_return_s": round(new_version_s, 2) if new_version_s else None,
             "labels_acked": acked,
             "labels_learned": trainer["labels_learned"] if trainer else None,
-            "lost_labels": (acked - trainer["labels_learned"]) if trainer else None,
+            "labels_skipped": trainer.get("labels_skipped", 0) if trainer else None,
+            "lost_labels": (acked - read_once(trainer)) if trainer else None,
             "duplicates": trainer["duplicates"] if trainer else None,
             "trainer": trainer,
             "final_syncs": syncs,
