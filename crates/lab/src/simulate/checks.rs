@@ -155,6 +155,32 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome) -> Vec<Check> {
     ]
 }
 
+/// Prints each check's verdict and the run's (naming the report, or the failed
+/// checks); returns whether every check passed. `run` names the simulation.
+pub fn print_verdict(run: &str, checks: &[Check], output: &std::path::Path) -> bool {
+    for c in checks {
+        eprintln!(
+            "{} {:<32} {:>12.4} {} {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.value,
+            c.rule,
+            c.threshold
+        );
+    }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name)
+        .collect();
+    if failed.is_empty() {
+        eprintln!("{run} passed; {}", output.join("report.html").display());
+    } else {
+        eprintln!("{run} FAILED: {}", failed.join(", "));
+    }
+    failed.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -128,29 +128,6 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
         let checks = checks::evaluate(&args, &outcome);
         report::write_results(&args.output, &args, &outcome, &checks)?;
         report::write_report(&args.output, &args, &outcome, &checks)?;
-        for c in &checks {
-            eprintln!(
-                "{} {:<28} {:>12.4} {} {}",
-                if c.passed { "ok  " } else { "FAIL" },
-                c.name,
-                c.value,
-                c.rule,
-                c.threshold
-            );
-        }
-        let failed: Vec<&str> = checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.name)
-            .collect();
-        if failed.is_empty() {
-            eprintln!(
-                "simulation passed; {}",
-                args.output.join("report.html").display()
-            );
-        } else {
-            eprintln!("simulation FAILED: {}", failed.join(", "));
-        }
-        Ok(failed.is_empty())
+        Ok(checks::print_verdict("simulation", &checks, &args.output))
     })
 }

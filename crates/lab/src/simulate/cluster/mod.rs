@@ -193,28 +193,9 @@ pub async fn simulate(
     ) = (refused.2, refused.1);
     let checks = checks::evaluate(&args, &outcome, &facts);
     report::write(&args.output, &args, &outcome, &facts, &checks, refused)?;
-    for c in &checks {
-        eprintln!(
-            "{} {:<32} {:>12.4} {} {}",
-            if c.passed { "ok  " } else { "FAIL" },
-            c.name,
-            c.value,
-            c.rule,
-            c.threshold
-        );
-    }
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.name)
-        .collect();
-    if failed.is_empty() {
-        eprintln!(
-            "cluster simulation passed; {}",
-            args.output.join("report.html").display()
-        );
-    } else {
-        eprintln!("cluster simulation FAILED: {}", failed.join(", "));
-    }
-    Ok(failed.is_empty())
+    Ok(super::checks::print_verdict(
+        "cluster simulation",
+        &checks,
+        &args.output,
+    ))
 }
