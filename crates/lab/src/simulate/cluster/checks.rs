@@ -174,13 +174,21 @@ pub fn evaluate(args: &SimulateArgs, o: &Outcome, f: &Facts) -> Vec<Check> {
         ),
     ];
     if f.replicas >= 2 {
-        // Every probe must see its labels spread; one that never did counts as
-        // infinitely slow.
-        let spread = f
+        // Every probe that sent its labels must see them spread; one that never
+        // did counts as infinitely slow. A probe that sent none (it found no
+        // points its target was unsure of) measured nothing and is left out, but
+        // at least one must have measured.
+        let measured: Vec<f64> = f
             .probes
             .iter()
+            .filter(|p| p.labels_accepted > 0)
             .map(|p| p.spread_secs.unwrap_or(f64::INFINITY))
-            .fold(f64::NAN, f64::max);
+            .collect();
+        let spread = if measured.is_empty() {
+            f64::INFINITY
+        } else {
+            measured.into_iter().fold(f64::NAN, f64::max)
+        };
         checks.push(check(
             "knn_spread_secs",
             spread,

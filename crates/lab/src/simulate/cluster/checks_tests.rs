@@ -226,6 +226,22 @@ fn thresholds_come_from_the_flags() {
 }
 
 #[test]
+fn a_probe_that_sent_no_label_measured_nothing() {
+    // One probe found no point its target was unsure of: left out, the others
+    // decide.
+    let mut f = facts();
+    f.probes[1].labels_accepted = 0;
+    f.probes[1].spread_secs = None;
+    assert!(verdict(&evaluate(&args(&[]), &outcome(), &f), "knn_spread_secs").passed);
+    // But a run where no probe measured anything fails.
+    for p in &mut f.probes {
+        p.labels_accepted = 0;
+        p.spread_secs = None;
+    }
+    assert!(!verdict(&evaluate(&args(&[]), &outcome(), &f), "knn_spread_secs").passed);
+}
+
+#[test]
 fn one_replica_has_no_spread_to_measure() {
     let mut f = facts();
     f.replicas = 1;
