@@ -13,14 +13,17 @@ pub struct Check {
     pub value: f64,
     pub threshold: f64,
     pub passed: bool,
-    /// How to read it ("<=", ">=", ">").
+    /// How to read it ("<=", ">=", "==", ">").
     pub rule: &'static str,
 }
 
-fn check(name: &'static str, value: f64, rule: &'static str, threshold: f64) -> Check {
+/// A verdict: `value` against `threshold` by `rule`; a value that is not a finite
+/// number never passes.
+pub(super) fn check(name: &'static str, value: f64, rule: &'static str, threshold: f64) -> Check {
     let passed = match rule {
         "<=" => value <= threshold,
         ">=" => value >= threshold,
+        "==" => value == threshold,
         _ => value > threshold,
     };
     Check {

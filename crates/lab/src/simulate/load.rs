@@ -61,6 +61,18 @@ pub struct Scores {
 }
 
 impl Scores {
+    /// One answer: its latency, whether it was right, and whether the frozen
+    /// model would have been.
+    pub fn record(&mut self, latency_us: u64, hit: bool, frozen_hit: bool) {
+        let _ = self.window.record(latency_us);
+        let _ = self.total.record(latency_us);
+        for hits in [&mut self.hits, &mut self.total_hits] {
+            hits.0 += u64::from(hit);
+            hits.1 += u64::from(frozen_hit);
+            hits.2 += 1;
+        }
+    }
+
     pub fn new() -> Self {
         // 1 µs .. 10 min at 3 significant digits.
         let h =
@@ -72,6 +84,15 @@ impl Scores {
             total_hits: (0, 0, 0),
         }
     }
+}
+
+/// Whether the frozen copy of the model answers `features` with `label`: the baseline every
+/// answer's accuracy is held against.
+pub fn frozen_hit(frozen: &crate::model::Mlp, features: &[f32], label: u32) -> bool {
+    frozen
+        .forward(features, 1)
+        .ok()
+        .is_some_and(|f| crate::model::argmax(f.probs_row(0)).0 == label as usize)
 }
 
 /// What every request task shares.
@@ -149,23 +170,11 @@ async fn one(
     counters.ok.fetch_add(1, Ordering::Relaxed);
     let p = &answer["predictions"][0];
     let hit = p["label"].as_u64() == Some(u64::from(sample.label));
-    let frozen_hit = shared
-        .frozen
-        .forward(&sample.features, 1)
-        .ok()
-        .map(|f| adaptserve_core::model::argmax(f.probs_row(0)).0 == sample.label as usize)
-        .unwrap_or(false);
-    {
-        let mut s = shared.scores.lock();
-        let _ = s.window.record(latency_us);
-        let _ = s.total.record(latency_us);
-        s.hits.0 += u64::from(hit);
-        s.hits.1 += u64::from(frozen_hit);
-        s.hits.2 += 1;
-        s.total_hits.0 += u64::from(hit);
-        s.total_hits.1 += u64::from(frozen_hit);
-        s.total_hits.2 += 1;
-    }
+    shared.scores.lock().record(
+        latency_us,
+        hit,
+        frozen_hit(&shared.frozen, &sample.features, sample.label),
+    );
     let (Some(delay), Some(id)) = (label_after, p["request_id"].as_u64()) else {
         return;
     };

@@ -29,6 +29,19 @@ use anyhow::Context;
 pub use args::SimulateArgs;
 pub use checks::Check;
 
+/// One second's progress line: on the bar on a terminal, else every tenth second
+/// on stderr.
+fn show_progress(bar: Option<&indicatif::ProgressBar>, t: f64, total: u64, line: String) {
+    match bar {
+        Some(bar) => {
+            bar.set_position((t as u64).min(total));
+            bar.set_message(line);
+        }
+        None if (t as u64).is_multiple_of(10) => eprintln!("[{t:>5.0} s] {line}"),
+        None => {}
+    }
+}
+
 /// Runs a simulation; returns whether every check passed.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
     args.validate()?;
@@ -103,14 +116,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<bool> {
                 s.worker_state,
                 s.restarts
             );
-            match &bar {
-                Some(bar) => {
-                    bar.set_position((s.t as u64).min(total));
-                    bar.set_message(line);
-                }
-                None if (s.t as u64).is_multiple_of(10) => eprintln!("[{:>5.0} s] {line}", s.t),
-                None => {}
-            }
+            show_progress(bar.as_ref(), s.t, total, line);
         });
         // Ctrl-C or SIGTERM: stop our server too (it would outlive us otherwise).
         let outcome = tokio::select! {

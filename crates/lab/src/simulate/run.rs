@@ -94,6 +94,21 @@ pub struct Outcome {
     pub failing_webhook_calls: Option<u64>,
 }
 
+/// The run's synthetic stream: its seed, and an abrupt drift every
+/// `--abrupt-every` samples (0: every 30 s of requests at `--rate`).
+pub fn stream_for(args: &SimulateArgs) -> SyntheticStream {
+    let abrupt_every = if args.abrupt_every == 0 {
+        ((args.rate * 30.0) as u64).max(200)
+    } else {
+        args.abrupt_every
+    };
+    SyntheticStream::new(StreamConfig {
+        seed: args.seed,
+        abrupt_every,
+        ..StreamConfig::default()
+    })
+}
+
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
@@ -162,16 +177,7 @@ pub async fn drive(
     } else {
         0.0
     };
-    let abrupt_every = if args.abrupt_every == 0 {
-        ((args.rate * 30.0) as u64).max(200)
-    } else {
-        args.abrupt_every
-    };
-    let stream = Arc::new(SyntheticStream::new(StreamConfig {
-        seed: args.seed,
-        abrupt_every,
-        ..StreamConfig::default()
-    }));
+    let stream = Arc::new(stream_for(args));
     let counters = Arc::new(Counters::default());
     let scores = Arc::new(Mutex::new(Scores::new()));
     let start = Instant::now();

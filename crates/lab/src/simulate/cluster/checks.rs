@@ -19,7 +19,7 @@
 use serde::Serialize;
 
 use super::super::SimulateArgs;
-use super::super::checks::Check;
+use super::super::checks::{Check, check};
 use super::super::run::Outcome;
 use super::chaos::Record;
 use super::drive::Facts;
@@ -32,22 +32,6 @@ pub const AOF_LOSS_SECS: f64 = 2.0;
 /// The server's pending TTL (`pending.ttl_secs`' default): older predictions are
 /// forgotten by design.
 pub const PENDING_TTL_SECS: f64 = 600.0;
-
-fn check(name: &'static str, value: f64, rule: &'static str, threshold: f64) -> Check {
-    let passed = match rule {
-        "<=" => value <= threshold,
-        ">=" => value >= threshold,
-        "==" => value == threshold,
-        _ => value > threshold,
-    };
-    Check {
-        name,
-        value,
-        threshold,
-        passed: passed && value.is_finite(),
-        rule,
-    }
-}
 
 /// A span of answer times in which a kill may have lost predictions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

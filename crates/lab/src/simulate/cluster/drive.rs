@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use super::super::SimulateArgs;
 use super::super::load::Scores;
 use super::super::run::{Crash, Outcome, Sample};
-use super::super::stream::{StreamConfig, SyntheticStream};
 use super::Endpoints;
 use super::chaos::{self, Record, Records};
 use super::finish::{self, Sync};
@@ -163,16 +162,7 @@ pub async fn drive(
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the HTTP client")?;
-    let abrupt_every = if args.abrupt_every == 0 {
-        ((args.rate * 30.0) as u64).max(200)
-    } else {
-        args.abrupt_every
-    };
-    let stream = Arc::new(SyntheticStream::new(StreamConfig {
-        seed: args.seed,
-        abrupt_every,
-        ..StreamConfig::default()
-    }));
+    let stream = Arc::new(super::super::run::stream_for(args));
     let tally = Arc::new(Tally::default());
     let scores = Arc::new(Mutex::new(Scores::new()));
     let start = Instant::now();

@@ -163,14 +163,7 @@ pub async fn simulate(
             s.accuracy.map_or("-".to_string(), |a| format!("{a:.2}")),
             s.worker_state,
         );
-        match &bar {
-            Some(bar) => {
-                bar.set_position((s.t as u64).min(total));
-                bar.set_message(line);
-            }
-            None if (s.t as u64).is_multiple_of(10) => eprintln!("[{:>5.0} s] {line}", s.t),
-            None => {}
-        }
+        super::show_progress(bar.as_ref(), s.t, total, line);
     });
     // Ctrl-C or SIGTERM: no verdict; the topology is killed on the way out.
     let outcome = tokio::select! {

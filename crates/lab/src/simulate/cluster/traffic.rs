@@ -143,23 +143,11 @@ async fn one(shared: &Shared, i: u64, at: Instant, label_after: Option<Duration>
     }
     let p = &answer["predictions"][0];
     let hit = p["label"].as_u64() == Some(u64::from(sample.label));
-    let frozen_hit = shared
-        .frozen
-        .forward(&sample.features, 1)
-        .ok()
-        .map(|f| adaptserve_core::model::argmax(f.probs_row(0)).0 == sample.label as usize)
-        .unwrap_or(false);
-    {
-        let mut s = shared.scores.lock();
-        let _ = s.window.record(latency_us);
-        let _ = s.total.record(latency_us);
-        s.hits.0 += u64::from(hit);
-        s.hits.1 += u64::from(frozen_hit);
-        s.hits.2 += 1;
-        s.total_hits.0 += u64::from(hit);
-        s.total_hits.1 += u64::from(frozen_hit);
-        s.total_hits.2 += 1;
-    }
+    shared.scores.lock().record(
+        latency_us,
+        hit,
+        super::super::load::frozen_hit(&shared.frozen, &sample.features, sample.label),
+    );
     let (Some(delay), Some(id)) = (label_after, p["request_id"].as_u64()) else {
         return;
     };
