@@ -175,6 +175,62 @@ fn redis_away_fails_no_request_and_loses_no_label() {
     assert!(!firing(&a), "and resolves: {}", a.status()["alerts"]);
 }
 
+/// A stalled Redis (SIGSTOP) forgets nothing: predictions A made meanwhile reach B
+/// once it answers, and until they do, a label for one on B is told to retry (503),
+/// never that its prediction is unknown (404).
+#[test]
+fn after_a_redis_stall_a_label_elsewhere_is_retried_never_unknown() {
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"));
+    // A short Redis timeout: A's shipper spends the stall mostly in its backoff's
+    // sleep (up to 2 s), not in a request Redis would answer on SIGCONT.
+    let toml = Some("[cluster]\ntimeout_ms = 150\n");
+    let a = Replica::start_with(&redis, 1, root.path(), toml);
+    let b = Replica::start_with(&redis, 2, root.path(), toml);
+    let pid = redis.proc.as_ref().unwrap().child.id().to_string();
+    let signal = |name: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {name} {pid}");
+    };
+
+    signal("-STOP");
+    wait_for(Duration::from_secs(10), "A to see Redis away", || {
+        a.status()["cluster"]["redis_up"] == false
+    });
+    // Predictions through the stall, so that some wait behind A's stuck batch.
+    let ids: Vec<u64> = (0..20)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(300));
+            a.predict(&row(i))
+        })
+        .collect();
+    signal("-CONT");
+    // The moment B sees Redis back, before A's shipper need have sent anything.
+    wait_for(Duration::from_secs(10), "B to see Redis back", || {
+        b.status()["cluster"]["redis_up"] == true
+    });
+
+    for (i, id) in ids.iter().enumerate() {
+        let started = std::time::Instant::now();
+        loop {
+            let (code, body) = b.label(*id, (i % 3) as u32);
+            if code == 202 {
+                break;
+            }
+            assert_eq!(code, 503, "a label for A's prediction on B: {body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "still refused after 15 s: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// With a rate limit on, a client's requests count across the cluster: what it
 /// spent on A this second is missing on B, though B's own bucket is full. The
 /// client is named by X-Forwarded-For, as behind HAProxy.

@@ -101,7 +101,17 @@ pub struct Replica {
     claims: AtomicU64,
     /// Claims whose reply never came, released once Redis answers.
     doubts: parking_lot::Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// Unix ms of the last call that found Redis unreachable (0: never).
+    unreachable_ms: AtomicU64,
+    /// Woken when Redis answers again, so the pending shipper stops backing off.
+    back: tokio::sync::Notify,
 }
+
+/// How long after Redis was last seen unreachable a label for another replica's
+/// prediction that the store lacks is answered "retry" rather than "unknown": that
+/// replica's shipper may still be draining what it held during the outage (woken
+/// when Redis answers, it sends `cluster.share_queue` records in a few round trips).
+const SETTLE_MS: u64 = 10_000;
 
 /// What the replica's tasks run on, once the engine and the update path exist.
 #[derive(Debug)]
@@ -151,6 +161,8 @@ impl Replica {
             alerts: std::sync::OnceLock::new(),
             claims: AtomicU64::new(0),
             doubts: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            unreachable_ms: AtomicU64::new(0),
+            back: tokio::sync::Notify::new(),
         }))
     }
 
@@ -265,6 +277,7 @@ impl Replica {
     pub(crate) fn up(&self) {
         if !self.stats.redis_up.swap(true, Ordering::Relaxed) {
             tracing::info!("Redis is reachable");
+            self.back.notify_waiters();
             if let Some(alerts) = self.alerts.get() {
                 alerts.resolve(
                     REDIS_ALERT,
@@ -279,6 +292,8 @@ impl Replica {
     pub(crate) fn down(&self, e: &ClusterError) {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         if e.is_unreachable() {
+            self.unreachable_ms
+                .store(crate::update::checkpoints::unix_ms(), Ordering::Relaxed);
             if self.stats.redis_up.swap(false, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "Redis is unreachable; serving on, labels wait in the WAL");
                 if let Some(alerts) = self.alerts.get() {

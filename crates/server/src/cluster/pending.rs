@@ -70,6 +70,9 @@ pub(super) async fn ship_loop(
                     tokio::select! {
                         _ = stop.changed() => return,
                         () = tokio::time::sleep(retry.next_delay()) => {}
+                        // Another part saw Redis answer: ship now, while labels
+                        // for these predictions are told to retry (`settling`).
+                        () = replica.back.notified() => {}
                     }
                 }
             }
@@ -132,6 +135,11 @@ impl SharedPending for Replica {
                 }
             }
         })
+    }
+
+    fn settling(&self) -> bool {
+        let last = self.unreachable_ms.load(Ordering::Relaxed);
+        last != 0 && crate::update::checkpoints::unix_ms().saturating_sub(last) < super::SETTLE_MS
     }
 
     fn release(&self, request_id: u64, nonce: String) {

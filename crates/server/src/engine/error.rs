@@ -32,6 +32,10 @@ pub enum EngineError {
         "request_id {request_id} was answered by replica {replica}, and the cluster store that shares its prediction is unreachable; retry"
     )]
     SharedPendingUnavailable { request_id: u64, replica: u64 },
+    #[error(
+        "request_id {request_id} was answered by replica {replica}, which may not have shared it yet after a recent Redis outage; retry"
+    )]
+    SharedPendingSettling { request_id: u64, replica: u64 },
     #[error("the server is overloaded: {what} is full")]
     Overloaded { what: &'static str },
     #[error("the model is unavailable: {reason}")]

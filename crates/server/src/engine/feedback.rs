@@ -202,10 +202,16 @@ impl Engine {
                 let _ = self.pending.take(request_id, Instant::now());
                 Err(unknown)
             }
-            RemoteClaim::Absent => {
-                let local = self.pending.take(request_id, Instant::now());
-                local.map(|p| (p, None)).ok_or(unknown)
-            }
+            RemoteClaim::Absent => match self.pending.take(request_id, Instant::now()) {
+                Some(local) => Ok((local, None)),
+                // Its replica's shipper may still be draining what it held while
+                // Redis was away: "retry", not "unknown", until that has had time.
+                None if elsewhere && shared.settling() => Err(EngineError::SharedPendingSettling {
+                    request_id,
+                    replica: super::ids::replica_of(request_id),
+                }),
+                None => Err(unknown),
+            },
             RemoteClaim::Unreachable => match self.pending.take(request_id, Instant::now()) {
                 Some(local) => Ok((local, None)),
                 None if super::ids::replica_of(request_id) != self.ids.replica() => {

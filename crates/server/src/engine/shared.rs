@@ -29,4 +29,7 @@ pub trait SharedPending: Send + Sync + std::fmt::Debug {
     fn claim(&self, request_id: u64) -> Pin<Box<dyn Future<Output = RemoteClaim> + Send + '_>>;
     /// Releases a claim (its label was refused), in the background.
     fn release(&self, request_id: u64, nonce: String);
+    /// The store was unreachable a short while ago: another replica may still hold
+    /// predictions it could not share then, so an absent one is not yet "unknown".
+    fn settling(&self) -> bool;
 }

@@ -120,9 +120,9 @@ impl From<EngineError> for ApiError {
                 tracing::error!(%reason, "update log unavailable");
                 Self::Unavailable("updates cannot be accepted right now; retry later".into())
             }
-            EngineError::IdsUnavailable | EngineError::SharedPendingUnavailable { .. } => {
-                Self::Unavailable(e.to_string())
-            }
+            EngineError::IdsUnavailable
+            | EngineError::SharedPendingUnavailable { .. }
+            | EngineError::SharedPendingSettling { .. } => Self::Unavailable(e.to_string()),
         }
     }
 }
