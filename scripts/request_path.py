@@ -53,7 +53,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LUA = os.path.join(ROOT, "scripts", "wrk_request_path.lua")
+LUA = os.environ.get("RP_LUA") or os.path.join(ROOT, "scripts", "wrk_request_path.lua")
 BASE16 = [0.7, -1200.5, 0.0031, 45.2, 880000.0, -0.02, 3.3, 0.9, 12.0, -0.4,
           7000.0, 0.11, -2.5, 0.0009, 61.0, -330000.0]
 

@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_ms: u64,
+    /// Threads serving HTTP, each a single-threaded runtime that keeps the
+    /// connections it accepts (`app/serve.rs` says why); 0 is one per core.
+    pub http_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            http_threads: 0,
         }
     }
 }

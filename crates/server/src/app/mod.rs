@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod restore;
+mod serve;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -482,30 +483,22 @@ pub async fn run(
     tracing::info!(%addr, state_dir = %config.server.state_dir.display(),
         model_version = engine.model().version(), "adaptserve listening");
 
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let on_shutdown = {
-        let state = state.clone();
-        async move {
-            shutdown.await;
-            state.set_ready(false);
-            let _ = draining_tx.send(());
-        }
-    };
-    let app = axum::serve(
+    let mut front = serve::Front::start(
         listener,
-        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(on_shutdown);
+        http::router(state.clone()),
+        serve::threads(config.server.http_threads),
+    )?;
+    shutdown.await;
+    state.set_ready(false);
+    front.stop();
     let drain_limit = Duration::from_millis(config.server.shutdown_timeout_ms);
-    let drain_deadline = async move {
-        match draining_rx.await {
-            Ok(()) => tokio::time::sleep(drain_limit).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
     tokio::select! {
-        result = app => result.context("HTTP server failed")?,
-        () = drain_deadline => tracing::warn!(?drain_limit, "in-flight requests did not drain in time"),
+        result = front.finished() => result?,
+        () = tokio::time::sleep(drain_limit) => {
+            tracing::warn!(?drain_limit, "in-flight requests did not drain in time");
+            front.abort();
+            front.finished().await?;
+        }
     }
     let _ = stop_monitor.send(true);
     server.shutdown().await?;

@@ -5,6 +5,10 @@
 //! forward pass lets concurrent requests share a batch. Requests arrive on a bounded
 //! channel; each carries a oneshot for its reply.
 //!
+//! Only jobs above `inline_max_rows` come here: a small one runs on the HTTP thread
+//! that took it ([`ModelClient::forward`]), since handing it over and back costs
+//! more than its forward pass and each HTTP thread has a core of its own.
+//!
 //! Batching policy: take the first job, drain whatever else is already queued, and
 //! wait up to `max_queue_delay_us` for more *only* while other requests are known to
 //! be on their way (announced in [`ModelClient::announce`] before validation ends).
@@ -87,9 +91,6 @@ pub struct ModelClient {
     model: Arc<ArcSwap<Mlp>>,
     /// Jobs of at most this many rows may run inline; 0 disables the fast path.
     inline_max_rows: usize,
-    /// 1 while the model thread is running a batch: the fast path stays off then, so
-    /// concurrent requests queue and batch instead of each running alone.
-    busy: Arc<AtomicUsize>,
 }
 
 /// Marks one announced request; dropping it withdraws the announcement.
@@ -151,14 +152,12 @@ impl ModelClient {
         rx.await.map_err(|_| BatcherError::Stopped)?
     }
 
-    /// The fast path: a small job while nobody else is queued, announced or being
-    /// batched gains nothing from the model thread, and the two thread handoffs
-    /// (tens of µs each on a VM) would cost ten times the forward pass itself.
+    /// The fast path: a small job gains nothing from the model thread. The two
+    /// thread handoffs (tens of µs each on a VM) cost ten times its forward pass,
+    /// and each HTTP thread is a core of its own, so small jobs run where they
+    /// arrive even when others are in flight; batching pays off only for big ones.
     fn can_run_inline(&self, rows: usize) -> bool {
         rows <= self.inline_max_rows
-            && self.incoming.load(Ordering::Acquire) == 1
-            && self.stats.queued.load(Ordering::Acquire) == 0
-            && self.busy.load(Ordering::Acquire) == 0
     }
 
     fn run_inline(&self, inputs: &[f32], rows: usize) -> Result<ModelOutput, BatcherError> {
@@ -200,7 +199,6 @@ impl ModelThread {
         let stats = Arc::new(BatcherStats::default());
         stats.target_batch.store(1, Ordering::Relaxed);
         let incoming = Arc::new(AtomicUsize::new(0));
-        let busy = Arc::new(AtomicUsize::new(0));
         let client = ModelClient {
             tx,
             incoming: incoming.clone(),
@@ -208,13 +206,8 @@ impl ModelThread {
             capacity: config.queue_capacity,
             model: model.clone(),
             inline_max_rows: config.inline_max_rows,
-            busy: busy.clone(),
         };
-        let shared = Shared {
-            incoming,
-            stats,
-            busy,
-        };
+        let shared = Shared { incoming, stats };
         let handle = std::thread::Builder::new()
             .name("model".into())
             .spawn(move || run(model, rx, config, shared))?;
@@ -252,22 +245,16 @@ impl Drop for ModelThread {
 struct Shared {
     incoming: Arc<AtomicUsize>,
     stats: Arc<BatcherStats>,
-    busy: Arc<AtomicUsize>,
 }
 
 fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, shared: Shared) {
-    let Shared {
-        incoming,
-        stats,
-        busy,
-    } = shared;
+    let Shared { incoming, stats } = shared;
     let max_delay = Duration::from_micros(config.max_queue_delay_us);
     let target_latency = Duration::from_micros(config.target_latency_us);
     let mut target = config.max_batch_size.clamp(1, 8);
     let mut batch: Vec<Job> = Vec::with_capacity(config.max_batch_size);
     let idle_spin = Duration::from_micros(config.idle_spin_us);
     while let Some(first) = next_job(&rx, idle_spin) {
-        busy.store(1, Ordering::Release);
         let deadline = Instant::now() + max_delay;
         let mut rows = first.rows;
         batch.push(first);
@@ -313,7 +300,6 @@ fn run(model: Arc<ArcSwap<Mlp>>, rx: Receiver<Job>, config: BatcherConfig, share
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
         target = adapt_target(target, rows, elapsed, target_latency, config.max_batch_size);
         stats.target_batch.store(target, Ordering::Relaxed);
-        busy.store(0, Ordering::Release);
     }
 }
 

@@ -162,12 +162,14 @@ pub struct BatcherConfig {
     pub target_latency_us: u64,
     /// Bound of the model thread's queue; a full queue answers 429.
     pub queue_capacity: usize,
-    /// How long the idle model thread keeps polling before it parks. Waking a parked
-    /// thread costs more than a small forward pass; 0 parks at once.
+    /// How long the idle model thread keeps polling before it parks; 0 parks at
+    /// once. Only requests above `inline_max_rows` reach it, so it does not spin by
+    /// default.
     pub idle_spin_us: u64,
-    /// A request of at most this many rows, arriving while the model thread is idle
-    /// and nobody else is in flight, runs on its own task instead (no thread
-    /// handoff). 0 sends everything through the model thread.
+    /// A request of at most this many rows runs on the HTTP thread that took it (no
+    /// thread handoff: each core computes its own connections' requests); larger
+    /// ones go to the model thread and batch there. 0 sends everything through the
+    /// model thread.
     pub inline_max_rows: usize,
 }
 
@@ -178,7 +180,7 @@ impl Default for BatcherConfig {
             max_queue_delay_us: 200,
             target_latency_us: 1_000,
             queue_capacity: 1_000,
-            idle_spin_us: 200,
+            idle_spin_us: 0,
             inline_max_rows: 4,
         }
     }

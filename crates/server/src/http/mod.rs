@@ -50,14 +50,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
         .timeout(Duration::from_millis(state.config.request_timeout_ms));
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/infer", post(infer::infer))
-        .route("/v1/feedback", post(feedback::feedback))
-        .layer(limits)
-        .route_layer(axum::middleware::from_fn_with_state(
+        .route("/v1/feedback", post(feedback::feedback));
+    if std::env::var_os("EXP_NO_LIMITS").is_none() {
+        api = api.layer(limits);
+    }
+    if std::env::var_os("EXP_NO_RATE").is_none() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit,
         ));
+    }
     // Admin routes: the token check wraps the whole sub-router, and no request
     // timeout, since the sync barrier may legitimately wait for a training step.
     let admin = Router::new()

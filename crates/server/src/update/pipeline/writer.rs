@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::{Command, Control, Shared};
+use super::{Command, Control, LINGER, Shared};
 use crate::engine::{SinkError, UpdateKind, feed_memory};
 use crate::ipc::{Producer, PushError};
 use crate::knn::Memory;
@@ -34,34 +34,55 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn run(mut self, rx: Receiver<Command>) {
         let mut group = Vec::with_capacity(self.group_max);
+        // Commands were handled a moment ago: look again after LINGER rather than
+        // sleeping until woken.
+        let mut lingering = false;
         loop {
-            // Wake for the pending log's commit when it is due, else idle.
-            let wait = self.pending.due().map_or(IDLE_CHECK, |due| {
-                due.saturating_duration_since(Instant::now())
-                    .min(IDLE_CHECK)
-            });
-            let first = match rx.recv_timeout(wait) {
-                Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) => {
-                    // An idle interval policy still owes its fsync.
-                    if let Err(e) = self.wal.commit() {
-                        tracing::error!(error = %e, "WAL commit failed");
-                    }
-                    self.commit_pending(false);
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            group.push(first);
+            let mut gone = false;
             while group.len() < self.group_max {
                 match rx.try_recv() {
                     Ok(command) => group.push(command),
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        gone = true;
+                        break;
+                    }
                 }
             }
-            if self.handle(&mut group) {
-                return;
+            if !group.is_empty() {
+                if self.handle(&mut group) {
+                    return;
+                }
+                lingering = true;
+                continue;
             }
+            if gone {
+                break;
+            }
+            // Nothing queued: an interval fsync policy may still owe its fsync, and
+            // the pending log its commit.
+            if let Err(e) = self.wal.commit() {
+                tracing::error!(error = %e, "WAL commit failed");
+            }
+            self.commit_pending(false);
+            let until_due = self.pending.due().map_or(IDLE_CHECK, |due| {
+                due.saturating_duration_since(Instant::now())
+                    .min(IDLE_CHECK)
+            });
+            if lingering || self.shared.waker.closing.load(Ordering::SeqCst) {
+                lingering = false;
+                std::thread::park_timeout(until_due.min(LINGER));
+                continue;
+            }
+            // A long sleep: from now on a record wakes the writer. One queued before
+            // the flag went up woke nobody, so look once more first.
+            self.shared.waker.idle.store(true, Ordering::SeqCst);
+            match rx.try_recv() {
+                Ok(command) => group.push(command),
+                Err(TryRecvError::Empty) => std::thread::park_timeout(until_due),
+                Err(TryRecvError::Disconnected) => break,
+            }
+            self.shared.waker.idle.store(false, Ordering::SeqCst);
         }
         // Every handle is gone without a Shutdown: still leave the log durable.
         if let Err(e) = self.wal.sync().and_then(|()| self.pending.sync()) {
