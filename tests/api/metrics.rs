@@ -52,6 +52,7 @@ async fn metrics_cover_the_request_and_update_paths_with_bounded_labels() {
         "adaptserve_updates_sent_total",
         "adaptserve_updates_applied_total",
         "adaptserve_ring_depth",
+        "adaptserve_model_queue_depth 0",
         "adaptserve_wal_bytes",
         "adaptserve_model_version 1",
         r#"adaptserve_worker_state{state="running"} 1"#,

@@ -25,6 +25,7 @@ pub const HTTP_REQUESTS: &str = "adaptserve_http_requests_total";
 pub const HTTP_DURATION: &str = "adaptserve_http_request_duration_seconds";
 pub const INFER_ROWS: &str = "adaptserve_infer_rows_total";
 pub const MODEL_BATCH_ROWS: &str = "adaptserve_model_batch_rows";
+pub const MODEL_QUEUE_DEPTH: &str = "adaptserve_model_queue_depth";
 pub const MEMORY_EXPERIENCES: &str = "adaptserve_memory_experiences";
 pub const KNN_SEARCH_DURATION: &str = "adaptserve_knn_search_duration_seconds";
 pub const KNN_FAILURES: &str = "adaptserve_knn_failures_total";
@@ -119,6 +120,11 @@ fn describe() {
         MODEL_BATCH_ROWS,
         Unit::Count,
         "Rows per forward pass of the model thread."
+    );
+    describe_gauge!(
+        MODEL_QUEUE_DEPTH,
+        Unit::Count,
+        "Requests waiting for the model thread (the monitor's queue_size)."
     );
     describe_gauge!(
         MEMORY_EXPERIENCES,
@@ -258,6 +264,7 @@ pub fn refresh(status: &Status) {
     counter!(PSEUDO_LABELS).absolute(status.pseudo_labels);
     counter!(LABELS).absolute(status.labels.received);
     gauge!(MEMORY_EXPERIENCES).set(status.experiences as f64);
+    gauge!(MODEL_QUEUE_DEPTH).set(status.batcher.queued as f64);
     gauge!(MODEL_VERSION).set(status.model_version as f64);
     let updates = &status.updates;
     counter!(UPDATES_SENT).absolute(updates.sent);
@@ -349,6 +356,7 @@ mod tests {
             HTTP_DURATION,
             KNN_SEARCH_DURATION,
             MODEL_BATCH_ROWS,
+            MODEL_QUEUE_DEPTH,
             MEMORY_EXPERIENCES,
             RING_DEPTH,
             RING_CAPACITY,
