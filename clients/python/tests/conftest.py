@@ -8,10 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from servers import Server, start_server
-
-ADMIN_TOKEN = "client-test-token"
-INPUT_DIM = 16  # the default model (models/default)
+from servers import ADMIN_TOKEN, INPUT_DIM, Server, start_server
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+ADMIN_TOKEN = "client-test-token"
+INPUT_DIM = 16  # the default model (models/default)
 
 
 def free_port() -> int:

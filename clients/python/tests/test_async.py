@@ -10,8 +10,7 @@ import pytest
 
 import adaptserve
 from adaptserve import AsyncClient
-from conftest import ADMIN_TOKEN, INPUT_DIM
-from servers import Server
+from servers import ADMIN_TOKEN, INPUT_DIM, Server
 
 
 async def test_infer_feedback_and_errors(server: Server, rows: np.ndarray) -> None:

@@ -8,8 +8,7 @@ import pytest
 
 import adaptserve
 from adaptserve import Client
-from conftest import ADMIN_TOKEN, INPUT_DIM
-from servers import Server
+from servers import ADMIN_TOKEN, INPUT_DIM, Server
 
 
 @pytest.fixture

@@ -191,3 +191,32 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert policy.wait(0, 0.4) == 0.4 and policy.wait(0, 0.6) is None
     with pytest.raises(ValueError):
         RetryPolicy(retries=-1)
+
+
+def test_a_red_health_report_and_not_ready_are_answers_not_retried() -> None:
+    red = {
+        "status": "red",
+        "mode": "normal",
+        "worker": {"pid": None, "state": "suspended", "restarts": 3, "failed_attempts": 3, "crash_streak": 3},
+        "health_metrics": None,
+        "components": {"model": {"status": "red", "detail": "not ready"}},
+    }
+    with Stub([Reply(503, red)]) as stub:
+        with Client(stub.url, backoff=0.01) as client:
+            health = client.health()
+    assert len(stub.seen) == 1
+    assert (health.http_status, health.status, health.healthy) == (503, "red", False)
+    assert health.components["model"].detail == "not ready"
+    assert health.worker is not None and health.worker.pid is None and health.worker.state == "suspended"
+    with Stub([Reply(503, {"status": "not_ready"})]) as stub:
+        with Client(stub.url, backoff=0.01) as client:
+            assert client.ready() is False
+    assert len(stub.seen) == 1
+
+
+def test_an_answer_of_the_wrong_shape_is_an_error() -> None:
+    with Stub([Reply(200, {"predictions": "nope"})]) as stub:
+        with Client(stub.url) as client:
+            with pytest.raises(adaptserve.AdaptserveError) as e:
+                client.infer(ROW)
+    assert e.value.status == 200 and "unexpected answer" in e.value.message
