@@ -172,7 +172,9 @@ def infer_call(rows: Rows) -> Call:
 
 def label_of(label: Label) -> int | str:
     if isinstance(label, (bool, np.bool_)):
-        raise errors.ValidationError("label must be a class index or name, not a bool", error_type="validation")
+        raise errors.ValidationError(
+            "label must be a class index or name, not a bool", error_type="validation"
+        )
     if isinstance(label, (int, np.integer)):
         return int(label)
     if isinstance(label, str):
@@ -252,7 +254,9 @@ def retry_after_of(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def wait_after_response(call: Call, response: httpx.Response, attempt: int, policy: RetryPolicy) -> float | None:
+def wait_after_response(
+    call: Call, response: httpx.Response, attempt: int, policy: RetryPolicy
+) -> float | None:
     """Seconds before sending ``call`` again after this refusal, or ``None`` to raise."""
     status = response.status_code
     if status == 503 and error_type_of(response) == "timeout":
@@ -273,7 +277,9 @@ def wait_after_response(call: Call, response: httpx.Response, attempt: int, poli
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def wait_after_exception(call: Call, exc: httpx.TransportError, attempt: int, policy: RetryPolicy) -> float | None:
+def wait_after_exception(
+    call: Call, exc: httpx.TransportError, attempt: int, policy: RetryPolicy
+) -> float | None:
     """Seconds before sending ``call`` again after this failure, or ``None`` to raise."""
     if not (isinstance(exc, _NOT_SENT) or call.idempotent):
         return None

@@ -120,7 +120,8 @@ class AsyncClient:
         Raises ``NotFoundError`` for an unknown, expired or already labelled id."""
         if label is None:
             raise errors.ValidationError("label is required", error_type="validation")
-        return p.parse(await self._send(p.feedback_call(request_id, features, label)), FeedbackReceipt.from_json)
+        call = p.feedback_call(request_id, features, label)
+        return p.parse(await self._send(call), FeedbackReceipt.from_json)
 
     async def status(self) -> Status:
         """``/v1/status``."""

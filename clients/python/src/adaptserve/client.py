@@ -113,7 +113,8 @@ class Client:
         Raises ``NotFoundError`` for an unknown, expired or already labelled id."""
         if label is None:
             raise errors.ValidationError("label is required", error_type="validation")
-        return p.parse(self._send(p.feedback_call(request_id, features, label)), FeedbackReceipt.from_json)
+        call = p.feedback_call(request_id, features, label)
+        return p.parse(self._send(call), FeedbackReceipt.from_json)
 
     def status(self) -> Status:
         """``/v1/status``."""
