@@ -17,7 +17,9 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2
   }
 fi
-want="$(cat scripts/requirements-ci.txt)"
+# The checkout's path too: the client is installed editable from it.
+want="$(pwd)
+$(cat scripts/requirements-ci.txt)"
 if [ -f clients/python/pyproject.toml ]; then
   want="$want$(cat clients/python/pyproject.toml)"
 fi

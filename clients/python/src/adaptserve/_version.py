@@ -1,0 +1,3 @@
+"""The package version, in one place (read by hatch for the distribution too)."""
+
+__version__ = "0.1.0"
