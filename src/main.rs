@@ -11,6 +11,9 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ServeArgs};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(

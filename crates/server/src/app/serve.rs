@@ -8,9 +8,13 @@
 //! `perf record -e sched:sched_waking` under wrk: about 1.5 extra context switches
 //! per `/v1/infer` on two cores, and the task ping-pongs between the workers (the
 //! request path ratios in BENCHMARKS.md). Here a connection lives its whole life on
-//! the thread that accepted it, so its requests touch no other core's scheduler; a
-//! new connection goes to whichever thread's `accept` wins (every thread watches the
-//! socket), which spreads connections about evenly under load.
+//! the thread that accepted it, so its requests touch no other core's scheduler.
+//!
+//! Each thread accepts on a socket of its own, bound to the same address with
+//! `SO_REUSEPORT`, so the kernel spreads new connections over the threads by their
+//! addresses. Watching one shared socket instead let whichever thread woke first
+//! take a whole burst of connections (all 64 of wrk's, measured), leaving the other
+//! core idle. If the option cannot be set, the threads share the one socket.
 //!
 //! Shutdown: `stop` asks every thread to stop accepting and drain (axum's graceful
 //! shutdown); `abort` ends a thread that did not drain in time, dropping its
@@ -45,16 +49,31 @@ impl Front {
         router: Router,
         threads: usize,
     ) -> anyhow::Result<Self> {
+        let addr = listener
+            .local_addr()
+            .context("the listener has no address")?;
         let listener = listener
             .into_std()
             .context("cannot take the listening socket")?;
+        let reuse_port = socket2::SockRef::from(&listener)
+            .set_reuse_port(true)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "SO_REUSEPORT unavailable; the HTTP threads share one socket")
+            })
+            .is_ok();
         let (stop, stop_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let mut done = Vec::with_capacity(threads);
         for i in 0..threads {
-            let socket = listener
-                .try_clone()
-                .context("cannot share the listening socket")?;
+            let socket = match i {
+                0 => listener.try_clone(),
+                _ if reuse_port => own_socket(addr).or_else(|e| {
+                    tracing::warn!(error = %e, "cannot bind a second socket; sharing the first");
+                    listener.try_clone()
+                }),
+                _ => listener.try_clone(),
+            }
+            .context("cannot share the listening socket")?;
             let router = router.clone();
             let (mut stop_rx, mut abort_rx) = (stop_rx.clone(), abort_rx.clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -93,6 +112,21 @@ impl Front {
         }
         result
     }
+}
+
+/// A listening socket on `addr` joining the `SO_REUSEPORT` group of the first.
+fn own_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// One thread's life: a current-thread runtime serving `socket` until stopped.
