@@ -27,6 +27,9 @@ pub struct Mlp {
     layers: Vec<Layer>,
     /// What `Forward::embeddings` holds: the k-NN memory's keys.
     key: KeySpace,
+    /// The same layers laid out for the plain-Rust forward pass, for a model small
+    /// enough that candle's per-op overhead would dominate (`mlp/dense.rs`).
+    dense: Option<dense::Dense>,
 }
 
 /// The space the k-NN memory compares experiences in.
@@ -98,6 +101,12 @@ impl Mlp {
     ) -> Result<Self, ModelError> {
         let dims = config.dims();
         let err = ModelError::candle("building the model");
+        let raw: Vec<(&[f32], &[f32])> = params
+            .layers
+            .iter()
+            .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
+            .collect();
+        let dense = dense::Dense::new(&raw, &dims, config.activation);
         let layers = params
             .layers
             .into_iter()
@@ -120,6 +129,7 @@ impl Mlp {
             norm,
             layers,
             key: KeySpace::Embedding,
+            dense,
         })
     }
 
@@ -269,15 +279,40 @@ impl Mlp {
                 embeddings: Vec::new(),
             });
         }
-        let err = ModelError::candle("the forward pass");
         let standardised = standardise(self.norm.as_ref(), inputs);
-        let mut embeddings = match self.key {
-            KeySpace::Embedding => Vec::new(),
-            KeySpace::Input => standardised
-                .chunks_exact(self.input_dim())
-                .flat_map(|row| row.iter().copied().chain([1.0]))
-                .collect(),
-        };
+        if let Some(dense) = &self.dense {
+            let mut probs = Vec::with_capacity(rows * num_classes);
+            let mut embeddings = Vec::with_capacity(rows * embed_dim);
+            match self.key {
+                KeySpace::Embedding => {
+                    dense.forward(&standardised, rows, &mut probs, Some(&mut embeddings))
+                }
+                KeySpace::Input => {
+                    dense.forward(&standardised, rows, &mut probs, None);
+                    input_keys(&standardised, self.input_dim(), &mut embeddings);
+                }
+            }
+            l2_normalise_rows(&mut embeddings, embed_dim);
+            return Ok(Forward {
+                rows,
+                num_classes,
+                embed_dim,
+                probs,
+                embeddings,
+            });
+        }
+        self.forward_candle(standardised, rows)
+    }
+
+    /// [`Mlp::forward`] through candle, for the models `mlp/dense.rs` does not
+    /// serve; `standardised` holds `rows` standardised rows.
+    fn forward_candle(&self, standardised: Vec<f32>, rows: usize) -> Result<Forward, ModelError> {
+        let (num_classes, embed_dim) = (self.num_classes(), self.embed_dim());
+        let err = ModelError::candle("the forward pass");
+        let mut embeddings = Vec::new();
+        if self.key == KeySpace::Input {
+            input_keys(&standardised, self.input_dim(), &mut embeddings);
+        }
         let x =
             Tensor::from_vec(standardised, (rows, self.input_dim()), &Device::Cpu).map_err(&err)?;
         let (probs, hidden) = self.run(x).map_err(&err)?;
@@ -340,6 +375,15 @@ pub(crate) fn activate(activation: Activation, z: &Tensor) -> candle_core::Resul
     }
 }
 
+/// Appends each standardised row with a constant 1: the [`KeySpace::Input`] keys
+/// before normalisation.
+fn input_keys(standardised: &[f32], dim: usize, keys: &mut Vec<f32>) {
+    for row in standardised.chunks_exact(dim) {
+        keys.extend_from_slice(row);
+        keys.push(1.0);
+    }
+}
+
 /// Scales each `dim`-wide row of `values` to unit L2 norm; all-zero rows stay zero.
 fn l2_normalise_rows(values: &mut [f32], dim: usize) {
     for row in values.chunks_exact_mut(dim) {
@@ -355,5 +399,6 @@ fn l2_normalise_rows(values: &mut [f32], dim: usize) {
     }
 }
 
+mod dense;
 #[cfg(test)]
 pub(crate) mod tests;

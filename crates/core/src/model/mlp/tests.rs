@@ -173,3 +173,69 @@ fn params_round_trip_through_the_transposed_layout() {
     assert_eq!(m.version(), 7);
     assert!(format!("{m:?}").contains("dims: [2, 3, 2]"));
 }
+
+/// The plain-Rust forward pass (`dense.rs`) and candle's agree to float rounding on
+/// the default model's shape, for each activation it serves and both key spaces.
+#[test]
+fn the_dense_forward_pass_matches_candles() {
+    for activation in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+        let config = ModelConfig::mlp(16, &[64, 32], 4, activation);
+        let params = crate::model::init::init_params(&config, 3);
+        let mlp = Mlp::from_params(config, params, 1, BTreeMap::new()).unwrap();
+        assert!(
+            mlp.dense.is_some(),
+            "{activation:?} is served by the dense path"
+        );
+        let rows = 5;
+        let inputs: Vec<f32> = (0..rows * 16)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        for key in [KeySpace::Embedding, KeySpace::Input] {
+            let mlp = Mlp::from_params(
+                mlp.config.clone(),
+                mlp.params().unwrap(),
+                1,
+                BTreeMap::new(),
+            )
+            .unwrap()
+            .with_key(key);
+            let dense = mlp.forward(&inputs, rows).unwrap();
+            let candle = mlp
+                .forward_candle(standardise(mlp.norm.as_ref(), &inputs), rows)
+                .unwrap();
+            assert_eq!(
+                (dense.rows, dense.num_classes, dense.embed_dim),
+                (candle.rows, candle.num_classes, candle.embed_dim)
+            );
+            for (what, a, b) in [
+                ("probs", &dense.probs, &candle.probs),
+                ("embeddings", &dense.embeddings, &candle.embeddings),
+            ] {
+                assert_eq!(a.len(), b.len(), "{activation:?} {key:?} {what}");
+                for (x, y) in a.iter().zip(b.iter()) {
+                    assert!(
+                        (x - y).abs() < 1e-5,
+                        "{activation:?} {key:?} {what}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+    // GELU, and a model past the size limit, stay on candle.
+    let gelu = ModelConfig::mlp(16, &[64, 32], 4, Activation::Gelu);
+    let params = crate::model::init::init_params(&gelu, 3);
+    assert!(
+        Mlp::from_params(gelu, params, 1, BTreeMap::new())
+            .unwrap()
+            .dense
+            .is_none()
+    );
+    let big = ModelConfig::mlp(512, &[512], 4, Activation::Relu);
+    let params = crate::model::init::init_params(&big, 3);
+    assert!(
+        Mlp::from_params(big, params, 1, BTreeMap::new())
+            .unwrap()
+            .dense
+            .is_none()
+    );
+}
