@@ -38,20 +38,19 @@ function light(el, status) {
   el.dataset.status = status || "unknown";
 }
 
+// GET `path` as JSON, whatever the status (/health answers 503 with its body when
+// red); a failure names the path and what went wrong.
 async function getJson(path) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+  let response;
   try {
-    const response = await fetch(path, { cache: "no-store", signal: abort.signal });
-    let body;
-    try {
-      body = await response.json();
-    } catch (_) {
-      throw new Error(path + " answered " + response.status + " without JSON");
-    }
-    return { code: response.status, body };
+    response = await fetch(path, { cache: "no-store", signal: abort.signal });
+    return { code: response.status, body: await response.json() };
   } catch (e) {
-    throw e.name === "AbortError" ? new Error(path + " did not answer within " + TIMEOUT_MS + " ms") : e;
+    if (e.name === "AbortError") throw new Error(path + " did not answer within " + TIMEOUT_MS + " ms");
+    if (response) throw new Error(path + " answered " + response.status + " without JSON");
+    throw new Error(path + ": " + e.message);
   } finally {
     clearTimeout(timer);
   }
@@ -109,9 +108,10 @@ function renderChart(accuracy) {
     history.push(accuracy);
     if (history.length > SAMPLES) history.shift();
   }
-  const step = 1000 / (SAMPLES - 1);
-  const offset = SAMPLES - history.length;
-  const points = history.map((a, i) => ((offset + i) * step).toFixed(1) + "," + (140 - a * 130).toFixed(1));
+  // The samples held span the plot (x 50..1000, right of the axis labels); once
+  // SAMPLES are held the oldest drop off.
+  const step = 950 / Math.max(history.length - 1, 1);
+  const points = history.map((a, i) => (50 + i * step).toFixed(1) + "," + (140 - a * 130).toFixed(1));
   $("accuracy-line").setAttribute("points", points.join(" "));
   $("accuracy-chart").dataset.samples = String(history.length);
   set("accuracy-samples", String(history.length));
@@ -178,7 +178,6 @@ function render(status, health, now) {
 
   set("accuracy", percent(status.labels.accuracy));
   set("labels-scored", count(status.labels.scored));
-  set("alerts-active", status.alerts.active.length ? status.alerts.active.join(", ") : "none");
   renderRates(status, now);
   renderChart(status.labels.accuracy);
   renderHealth(health);
