@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import select
 import shutil
 import subprocess
@@ -375,7 +376,7 @@ def mismatches(page, status, health):
 def check_idle(browser, base):
     """Reads the page between two identical idle snapshots of the server."""
     deadline = time.monotonic() + 30
-    problems, before = ["no reading yet"], None
+    problems, moving = ["no reading yet"], False
     while time.monotonic() < deadline:
         s1, h1 = http_json(f"{base}/v1/status")[1], http_json(f"{base}/health")[1]
         # A page refresh after s1 was taken: the display is at least that fresh.
@@ -383,15 +384,17 @@ def check_idle(browser, base):
         wait_for(browser, "a refresh", lambda p: p["refreshes"] >= seen + 2, 10)
         page = browser.evaluate(READ_PAGE)
         s2, h2 = http_json(f"{base}/v1/status")[1], http_json(f"{base}/health")[1]
-        if stable_view(s1, h1) != stable_view(s2, h2):
-            before = "the server was still changing"
+        moving = stable_view(s1, h1) != stable_view(s2, h2)
+        if moving:
             continue
         problems = mismatches(page, s2, h2)
         if not problems:
             return page, s2, h2
         browser.pump(1.0)
     detail = "\n  ".join(problems)
-    fail(f"the page does not match /v1/status and /health ({before or 'server idle'}):\n  {detail}")
+    if moving:
+        fail(f"/v1/status never held still for a comparison in 30 s; last mismatches:\n  {detail}")
+    fail(f"the page does not match /v1/status and /health on an idle server:\n  {detail}")
 
 
 def main():
@@ -400,7 +403,7 @@ def main():
     )
     parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
     parser.add_argument("--screenshot", required=True, help="where to write the PNG")
-    parser.add_argument("--traffic", action="store_true", help="send labelled traffic first")
+    parser.add_argument("--traffic", action="store_true", help="send labelled traffic once the page is open")
     parser.add_argument("--chromium", help="the browser binary (default: chromium on PATH)")
     parser.add_argument("--width", type=int, default=1200)
     args = parser.parse_args()
@@ -417,6 +420,13 @@ def main():
 
 
 def run(browser, base, task, args):
+    try:
+        with urllib.request.urlopen(f"{base}/ui", timeout=10) as r:
+            kind = r.headers.get("content-type")
+    except urllib.error.HTTPError as e:
+        fail(f"GET /ui answered {e.code}: is {base} a build without the status page?")
+    if kind != "text/html; charset=utf-8":
+        fail(f"GET /ui answered {kind!r}, not HTML")
     browser.open(f"{base}/ui", args.width, 800)
     page = wait_for(browser, "three refreshes", lambda p: p["refreshes"] >= 3 and p["voters"], 30)
     if args.traffic:  # while the page watches, so its chart follows the accuracy
@@ -448,6 +458,8 @@ def run(browser, base, task, args):
         )
         if trickle.error:
             fail(trickle.error)
+        if not re.fullmatch(r"\d+\.\d\d ms", page["values"]["p99"]):
+            fail(f"the p99 latency reads {page['values']['p99']!r}, not milliseconds")
         print(f"check_ui: live page shows {page['values']['infer-rate']} rows/s, p99 {page['values']['p99']}")
         height = browser.evaluate(READ_PAGE)["height"]
         browser.call(
