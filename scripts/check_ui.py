@@ -5,8 +5,8 @@
     scripts/check_ui.py --url http://127.0.0.1:PORT --screenshot docs/ui.png [--traffic]
 
 Standard library only. Chromium is driven over the DevTools protocol on a pipe
-(--remote-debugging-pipe: JSON messages separated by NUL on file descriptors 3 and 4),
-so no port has to be picked for it and no websocket client is needed.
+(scripts/devtools_pipe.py), so no port has to be picked for it and no websocket
+client is needed.
 
 Steps, each failing with a message that says what differed:
 1. Open /ui; wait until the page has refreshed a few times.
@@ -25,14 +25,11 @@ Steps, each failing with a message that says what differed:
 
 import argparse
 import base64
-import fcntl
 import json
 import os
 import random
 import re
-import select
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,8 +37,7 @@ import time
 import urllib.error
 import urllib.request
 
-REFRESH_S = 1.5  # the page's PERIOD_MS
-
+from devtools_pipe import Browser, DevToolsError
 
 def fail(message):
     print(f"check_ui: FAIL: {message}", file=sys.stderr)
@@ -119,7 +115,7 @@ class Trickle(threading.Thread):
 
 
 # ---------------------------------------------------------------------------
-# Chromium over the DevTools pipe
+# The page
 
 
 def find_chromium(given):
@@ -128,134 +124,6 @@ def find_chromium(given):
         if path:
             return path
     fail("no chromium found: apt-get install -y chromium (scripts/check_ui.sh does it)")
-
-
-def high_fd(fd):
-    """A copy of `fd` numbered 10 or above; `fd` itself is closed."""
-    copy = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
-    os.close(fd)
-    return copy
-
-
-class Browser:
-    def __init__(self, binary, profile):
-        to_child_r, self.to_child = os.pipe()
-        self.from_child, from_child_w = os.pipe()
-        # The child's ends move above 9 first, so that placing them on 3 and 4 below
-        # cannot close or overwrite one another.
-        to_child_r, from_child_w = (high_fd(fd) for fd in (to_child_r, from_child_w))
-        args = [
-            "--headless",
-            "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-gpu",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--mute-audio",
-        ]
-        if os.geteuid() == 0:
-            args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
-        # The protocol wants the pipe on fds 3 (commands in) and 4 (replies out).
-        shell = f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w} {to_child_r}<&- {from_child_w}>&-'
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            ["bash", "-c", shell, binary, *args, "about:blank"],
-            pass_fds=(to_child_r, from_child_w),
-            stdout=self.log,
-            stderr=self.log,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.buffer = b""
-        self.next_id = 0
-        self.events = []
-        self.session = None
-
-    def close(self):
-        try:
-            self.call("Browser.close", session=False, timeout=5)
-        except Exception:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.to_child)
-        os.close(self.from_child)
-
-    def chromium_log(self):
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def _read_message(self, deadline):
-        while b"\0" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([self.from_child], [], [], left)
-            if not ready:
-                return None
-            chunk = os.read(self.from_child, 1 << 20)
-            if not chunk:
-                fail(f"chromium exited (code {self.proc.poll()}):\n{self.chromium_log()}")
-            self.buffer += chunk
-        raw, self.buffer = self.buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def call(self, method, params=None, session=True, timeout=30):
-        self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = self.session
-        os.write(self.to_child, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read_message(deadline)
-            if reply is None:
-                fail(f"chromium did not answer {method} within {timeout} s")
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    fail(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            if "method" in reply:
-                self.events.append(reply)
-
-    def pump(self, seconds):
-        """Collects events for `seconds`; returns them (and forgets them)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            message = self._read_message(deadline)
-            if message is None:
-                break
-            if "method" in message:
-                self.events.append(message)
-        events, self.events = self.events, []
-        return events
-
-    def open(self, url, width, height):
-        target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)
-        attached = self.call(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}, session=False
-        )
-        self.session = attached["sessionId"]
-        self.call("Page.enable")
-        self.call("Runtime.enable")
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-        )
-        self.call("Page.navigate", {"url": url})
-
-    def evaluate(self, expression):
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
-        if "exceptionDetails" in result:
-            fail(f"page script error: {result['exceptionDetails']}")
-        return result["result"].get("value")
 
 
 # What the page displays, read from its elements by id.
@@ -414,6 +282,8 @@ def main():
         browser = Browser(binary, profile)
         try:
             run(browser, base, task, args)
+        except DevToolsError as e:
+            fail(str(e))
         finally:
             browser.close()
     print("check_ui: ok")
@@ -425,6 +295,8 @@ def run(browser, base, task, args):
             kind = r.headers.get("content-type")
     except urllib.error.HTTPError as e:
         fail(f"GET /ui answered {e.code}: is {base} a build without the status page?")
+    except urllib.error.URLError as e:
+        fail(f"GET {base}/ui failed: {e.reason}")
     if kind != "text/html; charset=utf-8":
         fail(f"GET /ui answered {kind!r}, not HTML")
     browser.open(f"{base}/ui", args.width, 800)
