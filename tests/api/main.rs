@@ -20,4 +20,5 @@ mod restart;
 mod simulate;
 mod supervisor;
 mod swap_guard;
+mod ui;
 mod update;

@@ -14,6 +14,7 @@ mod feedback;
 mod health;
 mod infer;
 pub(crate) mod ratelimit;
+mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(admin)
         .route("/v1/status", get(health::status))
+        .route("/ui", get(ui::page))
         .route("/v1/cluster", get(health::cluster))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
