@@ -21,3 +21,4 @@ mod simulate;
 mod supervisor;
 mod swap_guard;
 mod update;
+mod v2;

@@ -14,6 +14,7 @@ mod feedback;
 mod health;
 mod infer;
 pub(crate) mod ratelimit;
+pub mod v2;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +40,11 @@ impl PayloadLimit for Arc<AppState> {
 
 /// The whole HTTP app.
 ///
-/// The limits guard the `/v1` routes only: a liveness probe must not fail because
-/// the server is busy, or an orchestrator would restart a healthy, loaded server.
+/// The limits guard the request routes only (`/v1` and `/v2` infer, feedback): a
+/// liveness probe must not fail because the server is busy, or an orchestrator
+/// would restart a healthy, loaded server.
 pub fn router(state: Arc<AppState>) -> Router {
-    // One semaphore for all `/v1` routes: axum layers each route separately, so a
+    // One semaphore for all request routes: axum layers each route separately, so a
     // per-layer limit would be per route.
     let permits = Arc::new(Semaphore::new(state.config.max_concurrency));
     let limits = ServiceBuilder::new()
@@ -53,6 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/infer", post(infer::infer))
         .route("/v1/feedback", post(feedback::feedback))
+        .route(v2::INFER, post(v2::infer))
+        .route(v2::INFER_VERSION, post(v2::infer_version))
         .layer(limits)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -73,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(api)
         .merge(admin)
+        .merge(v2::metadata_routes())
         .route("/v1/status", get(health::status))
         .route("/v1/cluster", get(health::cluster))
         .route("/health", get(health::health))
@@ -176,7 +181,7 @@ async fn track(
     let started = Instant::now();
     let response = next.run(request).await;
     let status = crate::metrics::status_label(response.status().as_u16());
-    let infer = &*route == "/v1/infer";
+    let infer = matches!(&*route, "/v1/infer" | v2::INFER | v2::INFER_VERSION);
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     let elapsed = started.elapsed();
