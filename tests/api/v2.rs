@@ -325,7 +325,7 @@ async fn each_bad_request_is_refused_and_changes_nothing() {
         (INFER, None, with("datatype", json!("BYTES")), 422, "validation", "datatype BYTES"),
         (INFER, None, with("data", json!(std::iter::once(json!("NaN")).chain(vec![json!(0.5); dim - 1]).collect::<Vec<_>>())), 422, "validation", "data[0] is a string, not a number"),
         (INFER, None, with("data", json!(std::iter::once(json!(1e39)).chain(vec![json!(0.5); dim - 1]).collect::<Vec<_>>())), 422, "validation", "does not fit in FP32"),
-        (INFER, None, with("datatype", json!("FP16")).replace("\"data\":[0.5", "\"data\":[70000.0"), 422, "validation", "data[0] = 70000 does not fit in FP16"),
+        (INFER, None, with("datatype", json!("FP16")).replace("\"data\":[0.5", "\"data\":[70000.0"), 422, "validation", "data[0] = 70000.0 does not fit in FP16"),
         (INFER, None, with("name", json!("features")), 422, "validation", "unknown input \"features\""),
         (INFER, None, json!({"inputs": [ok()], "outputs": [{"name": "logits"}]}).to_string(), 422, "validation", "unknown output \"logits\""),
         (INFER, None, json!({"inputs": [ok()], "model_name": "other"}).to_string(), 422, "validation", "the body names model \"other\""),

@@ -176,7 +176,7 @@ fn number(value: &Value, path: &str, precision: Precision) -> Result<f32, String
     };
     precision.round(v).ok_or_else(|| {
         format!(
-            "{path} = {v} does not fit in {} (not a finite number)",
+            "{path} = {value} does not fit in {} (not a finite number)",
             precision.name()
         )
     })
@@ -310,17 +310,17 @@ mod tests {
     fn values_beyond_the_precision_are_refused() {
         let fp16 =
             json!({"name": "input", "shape": [1, 2], "datatype": "FP16", "data": [1, 70000]});
+        let err = decode(fp16).unwrap_err();
         assert!(
-            decode(fp16)
-                .unwrap_err()
-                .contains("data[1] = 70000 does not fit in FP16")
+            err.contains("data[1] = 70000 does not fit in FP16"),
+            "{err}"
         );
         let fp32 =
             json!({"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [[1e39, 1]]});
+        let err = decode(fp32).unwrap_err();
         assert!(
-            decode(fp32)
-                .unwrap_err()
-                .contains("data[0][0] = 1e39 does not fit in FP32")
+            err.contains("data[0][0] = 1e+39 does not fit in FP32"),
+            "{err}"
         );
     }
 
