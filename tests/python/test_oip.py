@@ -139,9 +139,24 @@ def test_triton_requested_outputs_only(client, shape):
     assert result.as_numpy("label").shape == (2,)
 
 
-def test_triton_refusals(client, shape):
+def footprint(url):
+    """What a refused request must leave alone, from /v1/status: counters an answered
+    request moves before it returns (the memory and the WAL catch up later, so an
+    earlier test's answers could still move those)."""
+    s = httpx.get(f"{url}/v1/status").json()
+    return (
+        s["request_ids"]["next"],
+        s["pending_predictions"],
+        s["labels"]["received"],
+        s["pseudo_labels"],
+        s["paths"],
+    )
+
+
+def test_triton_refusals(client, url, shape):
     dim, _ = shape
     x = rows(1, dim)
+    before = footprint(url)
     with pytest.raises(InferenceServerException) as e:
         client.infer("no-such-model", [triton_input(x)])
     assert e.value.status() == "404"
@@ -167,6 +182,7 @@ def test_triton_refusals(client, shape):
         client.infer(MODEL, [binary])
     assert e.value.status() == "415"
     assert "binary_data=False" in e.value.message()
+    assert footprint(url) == before, "a refused request changed the server's state"
 
 
 def test_triton_prediction_takes_a_delayed_label(client, url, shape):

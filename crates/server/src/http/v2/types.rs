@@ -2,8 +2,9 @@
 //!
 //! One struct per body, field names as the protocol spells them, so a reader can
 //! hold this file next to the protocol's text (and an OpenAPI generator can annotate
-//! them later). Request bodies accept fields the protocol allows but adaptserve
-//! ignores (`parameters`), and the `model_name` the `kserve` SDK adds.
+//! them later). Request bodies ignore fields they do not know, since clients add
+//! their own (the `kserve` SDK sends `model_name`, checked when present), and accept
+//! the protocol's `parameters` without acting on them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
