@@ -22,3 +22,4 @@ mod supervisor;
 mod swap_guard;
 mod ui;
 mod update;
+mod v2;

@@ -15,6 +15,7 @@ mod health;
 mod infer;
 pub(crate) mod ratelimit;
 mod ui;
+pub mod v2;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,10 +41,11 @@ impl PayloadLimit for Arc<AppState> {
 
 /// The whole HTTP app.
 ///
-/// The limits guard the `/v1` routes only: a liveness probe must not fail because
-/// the server is busy, or an orchestrator would restart a healthy, loaded server.
+/// The limits guard the request routes only (`/v1` and `/v2` infer, feedback): a
+/// liveness probe must not fail because the server is busy, or an orchestrator
+/// would restart a healthy, loaded server.
 pub fn router(state: Arc<AppState>) -> Router {
-    // One semaphore for all `/v1` routes: axum layers each route separately, so a
+    // One semaphore for all request routes: axum layers each route separately, so a
     // per-layer limit would be per route.
     let permits = Arc::new(Semaphore::new(state.config.max_concurrency));
     let limits = ServiceBuilder::new()
@@ -51,18 +53,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
         .timeout(Duration::from_millis(state.config.request_timeout_ms));
-    let mut api = Router::new()
+    let api = Router::new()
         .route("/v1/infer", post(infer::infer))
-        .route("/v1/feedback", post(feedback::feedback));
-    if std::env::var_os("EXP_NO_LIMITS").is_none() {
-        api = api.layer(limits);
-    }
-    if std::env::var_os("EXP_NO_RATE").is_none() {
-        api = api.route_layer(axum::middleware::from_fn_with_state(
+        .route("/v1/feedback", post(feedback::feedback))
+        .route(v2::INFER, post(v2::infer))
+        .route(v2::INFER_VERSION, post(v2::infer_version))
+        .layer(limits)
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit,
         ));
-    }
     // Admin routes: the token check wraps the whole sub-router, and no request
     // timeout, since the sync barrier may legitimately wait for a training step.
     let admin = Router::new()
@@ -78,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(api)
         .merge(admin)
+        .merge(v2::metadata_routes())
         .route("/v1/status", get(health::status))
         .route("/ui", get(ui::page))
         .route("/v1/cluster", get(health::cluster))
@@ -182,7 +183,7 @@ async fn track(
     let started = Instant::now();
     let response = next.run(request).await;
     let status = crate::metrics::status_label(response.status().as_u16());
-    let infer = &*route == "/v1/infer";
+    let infer = matches!(&*route, "/v1/infer" | v2::INFER | v2::INFER_VERSION);
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     let elapsed = started.elapsed();
