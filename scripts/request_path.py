@@ -13,8 +13,11 @@ What it does, in one invocation:
      (POST /v1/feedback, 16 features around the default model's scales, label i % 4,
      class-dependent shift), then runs GET /health/live (bare) and POST /v1/infer
      (one row, scripts/wrk_request_path.lua) at 1 and at 64 connections, --duration
-     seconds each, bare and infer alternated --rounds times; prints req/s, p50/p99 and
-     infer/bare (medians over the alternations). Then a second fresh server with a
+     seconds each, bare and infer alternated --rounds times; prints req/s, p50/p99,
+     infer/bare (medians over the alternations), and per request the server's CPU time
+     and context switches (all its threads, from /proc, over each wrk run). With
+     --syscalls, one more 1-connection infer run under `strace -f -c` counts system
+     calls (futex among them) per request. Then a second fresh server with a
      10k memory (config file: [memory] capacity = 10000, max_age = 0 so the whole 10k
      is scanned; pseudo-labels stay on) warmed with 10 000 experiences, at 64
      connections.
@@ -33,6 +36,7 @@ What it does, in one invocation:
   scripts/request_path.py --bin /path/to/release/adaptserve   # update-worker beside it
       [--duration 10] [--rounds 2] [--warm 2000] [--warm-10k 10000]
       [--vw-python /work/venv-vw/bin/python] [--rows 20000] [--vw-rounds 2] [--no-vw]
+      [--syscalls]
 
 Without --bin it uses $CARGO_TARGET_DIR/release/adaptserve (default target/); it does
 not build. Prints everything to stdout; exit status 0 unless something failed to run.
@@ -178,7 +182,36 @@ def med(xs):
     return statistics.median(xs)
 
 
-def wrk_block(port, conns_list, rounds, duration, label):
+def server_counters(pid):
+    """CPU seconds and (voluntary, involuntary) context switches of every thread of
+    process `pid` so far, from /proc."""
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu = vol = invol = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            cpu += (int(stat[11]) + int(stat[12])) / tck
+            for line in open(f"/proc/{pid}/task/{tid}/status"):
+                if line.startswith("voluntary_ctxt_switches"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    invol += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return cpu, vol, invol
+
+
+def wrk_counted(port, route, conns, duration, pid):
+    """wrk, plus the server's CPU µs and context switches per request over the run."""
+    c0, v0, i0 = server_counters(pid)
+    m = wrk(port, route, conns, duration)
+    c1, v1, i1 = server_counters(pid)
+    n = max(m["reqs"], 1)
+    m.update(cpu_us=(c1 - c0) * 1e6 / n, cs=((v1 - v0) + (i1 - i0)) / n)
+    return m
+
+
+def wrk_block(port, conns_list, rounds, duration, label, pid):
     """Alternate bare and infer `rounds` times per connection count; print and return
     {conns: (bare_runs, infer_runs, ratio)}."""
     res = {}
@@ -186,11 +219,12 @@ def wrk_block(port, conns_list, rounds, duration, label):
         bare, infer = [], []
         for r in range(rounds):
             for route, acc in (("bare", bare), ("infer", infer)):
-                m = wrk(port, route, conns, duration)
+                m = wrk_counted(port, route, conns, duration, pid)
                 acc.append(m)
                 print(f"  [{label}] round {r + 1} {conns:>2} conn {route:<5} {m['rps']:>9.0f} req/s"
                       f"  p50 {m['p50']:>6.0f} µs  p99 {m['p99']:>6.0f} µs"
-                      f"  non-2xx {m['non2xx']}  socket errors {m['errs']}", flush=True)
+                      f"  server {m['cpu_us']:.1f} CPU µs and {m['cs']:.2f} context switches"
+                      f" per request  non-2xx {m['non2xx']}  socket errors {m['errs']}", flush=True)
         ratios = [i["rps"] / b["rps"] for b, i in zip(bare, infer)]
         res[conns] = (bare, infer, med(ratios))
     return res
@@ -199,15 +233,45 @@ def wrk_block(port, conns_list, rounds, duration, label):
 def print_block(title, res):
     print(f"\n{title}")
     print(f"| conns | bare req/s | bare p50 / p99 µs | infer req/s | infer p50 / p99 µs "
-          f"| infer/bare req/s | infer p99 / bare p99 |")
-    print("|---|---|---|---|---|---|---|")
+          f"| infer/bare req/s | infer p99 / bare p99 | server CPU µs/req bare, infer "
+          f"| context switches/req bare, infer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for conns, (bare, infer, ratio) in res.items():
         p99r = med([i["p99"] / b["p99"] for b, i in zip(bare, infer)])
         print(f"| {conns} | {med([m['rps'] for m in bare]):,.0f} | "
               f"{med([m['p50'] for m in bare]):.0f} / {med([m['p99'] for m in bare]):.0f} | "
               f"{med([m['rps'] for m in infer]):,.0f} | "
               f"{med([m['p50'] for m in infer]):.0f} / {med([m['p99'] for m in infer]):.0f} | "
-              f"**{ratio:.2f}** | {p99r:.2f} |")
+              f"**{ratio:.2f}** | {p99r:.2f} | "
+              f"{med([m['cpu_us'] for m in bare]):.1f}, {med([m['cpu_us'] for m in infer]):.1f} | "
+              f"{med([m['cs'] for m in bare]):.2f}, {med([m['cs'] for m in infer]):.2f} |")
+
+
+def syscalls(port, pid, duration):
+    """System calls (futex among them) per /v1/infer at 1 connection, counted by
+    `strace -f -c` attached to the server for one wrk run. strace slows every call,
+    so only the counts per request mean anything, not the rate."""
+    if not shutil.which("strace"):
+        print("  [syscalls] skipped: strace is not installed")
+        return
+    out = os.path.join(tempfile.mkdtemp(prefix="strace."), "counts")
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(pid)],
+                              stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    m = wrk(port, "infer", 1, duration)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait()
+    counts = {}
+    for line in open(out):
+        f = line.split()
+        if len(f) >= 5 and f[3].isdigit():
+            counts[f[-1]] = int(f[3])
+    n = max(m["reqs"], 1)
+    total = sum(v for k, v in counts.items() if k != "total")
+    top = sorted(((v, k) for k, v in counts.items() if k != "total"), reverse=True)[:6]
+    print(f"  [syscalls] 1 conn /v1/infer under strace, {m['reqs']} requests: "
+          f"{total / n:.2f} system calls per request, futex {counts.get('futex', 0) / n:.3f}; "
+          + ", ".join(f"{k} {v / n:.2f}" for v, k in top), flush=True)
 
 
 # ---------------------------------------------------------------- VW comparison
@@ -353,6 +417,8 @@ def main():
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--vw-rounds", type=int, default=2)
     ap.add_argument("--no-vw", action="store_true")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count system calls per /v1/infer with strace -c (slows the run)")
     a = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required: apt-get install wrk")
@@ -373,7 +439,9 @@ def main():
         procs.append(proc)
         t = warm(port, a.warm)
         print(f"\n[default] warmed with {a.warm} labelled experiences in {t:.1f} s", flush=True)
-        res2k = wrk_block(port, [1, 64], a.rounds, a.duration, "default")
+        res2k = wrk_block(port, [1, 64], a.rounds, a.duration, "default", proc.pid())
+        if a.syscalls:
+            syscalls(port, proc.pid(), a.duration)
         print(f"  [default] after the runs: {summary(status(port))}")
         proc.stop()
         procs.remove(proc)
@@ -387,7 +455,7 @@ def main():
         t = warm(port, a.warm_10k)
         print(f"\n[10k] warmed with {a.warm_10k} labelled experiences in {t:.1f} s "
               f"(config: [memory] capacity = {a.warm_10k}, max_age = 0)", flush=True)
-        res10k = wrk_block(port, [64], a.rounds, a.duration, "10k")
+        res10k = wrk_block(port, [64], a.rounds, a.duration, "10k", proc.pid())
         print(f"  [10k] after the runs: {summary(status(port))}")
         proc.stop()
         procs.remove(proc)
@@ -466,7 +534,8 @@ def main():
                 print(f"  1 conn {name} p99 <= VW's: {a99:.0f} vs {v99:.0f} µs {ok(a99 <= v99)}")
         else:
             print("  VW targets: not measured (VW skipped)")
-        print("  per-request allocations / context switches / futex calls: not measured here")
+        print("  per request: server CPU and context switches in the tables above, system "
+              "calls with --syscalls, heap allocations: cargo bench --bench allocations")
         print(f"finished: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     finally:
         for p in procs:
