@@ -21,8 +21,8 @@
 //! switch per request on a machine with two cores. It sleeps on its own park, and
 //! only what someone waits for wakes it at once: a feedback's append, a control. A
 //! prediction's record and its pseudo-label (nobody waits on them) are collected
-//! every [`LINGER`] while requests flow, and wake it only from a long idle
-//! (`Waker::nudge`). So a steady stream of predictions costs the writer about
+//! every [`writer::LINGER`] while requests flow, and wake it only from a long idle
+//! (`writer::Waker::nudge`). So a steady stream of predictions costs the writer about
 //! 1000 / LINGER-ms wake-ups a second, not one per request; a prediction reaches the
 //! pending log's buffer within `LINGER` and the disk within `LINGER` plus
 //! `wal.pending_commit_ms`.
@@ -81,43 +81,11 @@ enum Control {
     Shutdown(oneshot::Sender<Result<(), String>>),
 }
 
-/// How long the writer, having just handled commands, waits for more before
-/// checking again; it parks for this long instead of until woken.
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// How senders wake the writer thread.
-#[derive(Debug, Default)]
-struct Waker {
-    thread: std::sync::OnceLock<std::thread::Thread>,
-    /// The writer is in a long sleep (no traffic lately): a record must wake it.
-    idle: std::sync::atomic::AtomicBool,
-    /// The handle is being dropped: the writer looks every [`LINGER`] for the
-    /// channel to close, instead of sleeping long.
-    closing: std::sync::atomic::AtomicBool,
-}
-
-impl Waker {
-    /// Something waits on the writer: wake it now (cheap when it is awake).
-    fn wake(&self) {
-        if let Some(thread) = self.thread.get() {
-            thread.unpark();
-        }
-    }
-
-    /// A record nobody waits on: wake the writer only from a long sleep; while
-    /// traffic flows it looks every [`LINGER`] anyway.
-    fn nudge(&self) {
-        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
-            self.wake();
-        }
-    }
-}
-
 /// Counters the writer thread publishes for `/v1/status` and the metrics.
 #[derive(Debug, Default)]
 struct Shared {
     /// Wakes the writer thread.
-    waker: Waker,
+    waker: writer::Waker,
     /// The last sequence number committed to the WAL.
     last_seq: AtomicU64,
     /// Bytes of WAL on disk.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::{Command, Control, LINGER, Shared};
+use super::{Command, Control, Shared};
 use crate::engine::{SinkError, UpdateKind, feed_memory};
 use crate::ipc::{Producer, PushError};
 use crate::knn::Memory;
@@ -18,6 +18,38 @@ use crate::wal::Wal;
 
 /// How long the idle writer sleeps between checks that its handle still exists.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long the writer, having just handled commands, waits for more before
+/// checking again; it parks for this long instead of until woken.
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How senders wake the writer thread.
+#[derive(Debug, Default)]
+pub(super) struct Waker {
+    pub(super) thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The writer is in a long sleep (no traffic lately): a record must wake it.
+    pub(super) idle: std::sync::atomic::AtomicBool,
+    /// The handle is being dropped: the writer looks every [`LINGER`] for the
+    /// channel to close, instead of sleeping long.
+    pub(super) closing: std::sync::atomic::AtomicBool,
+}
+
+impl Waker {
+    /// Something waits on the writer: wake it now (cheap when it is awake).
+    pub(super) fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// A record nobody waits on: wake the writer only from a long sleep; while
+    /// traffic flows it looks every [`LINGER`] anyway.
+    pub(super) fn nudge(&self) {
+        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+}
 
 /// The writer thread's state.
 pub(super) struct Writer {
