@@ -144,6 +144,39 @@ async fn numbers_beyond_f32_are_422() {
     .await;
 }
 
+/// Found by the OpenAPI fuzz (scripts/check_openapi.sh): 3e38 is a finite f32, but
+/// a row of them overflows the model, and the NaN that came out was answered as
+/// `"probabilities": [null, ...]` and remembered for its label. Now the row is
+/// refused, and nothing is stored.
+#[tokio::test]
+async fn values_that_overflow_the_model_are_422() {
+    let s = TestServer::start().await;
+    let huge = vec![3e38_f32; 16];
+    refused(
+        &s,
+        "/v1/infer",
+        json!({"inputs": [row(16), huge]}).to_string(),
+        422,
+        "inputs[1] is too large for the model",
+    )
+    .await;
+}
+
+/// The same overflow in a labelled example was accepted (202) and its NaN
+/// embedding went into the memory and its features into the training log.
+#[tokio::test]
+async fn feedback_features_that_overflow_the_model_are_422() {
+    let s = TestServer::start().await;
+    refused(
+        &s,
+        "/v1/feedback",
+        json!({"features": vec![3e38_f32; 16], "label": 1}).to_string(),
+        422,
+        "features is too large for the model",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn oversized_body_is_413() {
     let s = TestServer::start_with(|c| c.server.payload_limit_bytes = 4096).await;

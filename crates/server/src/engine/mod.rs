@@ -385,6 +385,21 @@ impl Engine {
 }
 
 /// Checks that every value is finite, naming the first offender.
+/// Refuses a row whose model output is not finite. Finite inputs can still overflow
+/// the model (3e38 in every feature does); the NaN that comes out must reach neither
+/// the client (JSON writes it as `null`), nor the memory, nor the training log.
+fn check_output(
+    field: impl Fn() -> String,
+    probs: &[f32],
+    embedding: &[f32],
+) -> Result<(), EngineError> {
+    if probs.iter().chain(embedding).all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(EngineError::Overflow { field: field() })
+    }
+}
+
 fn check_finite(field: impl Fn() -> String, values: &[f32]) -> Result<(), EngineError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(EngineError::NotFinite {
