@@ -145,9 +145,10 @@ async fn numbers_beyond_f32_are_422() {
 }
 
 /// Found by the OpenAPI fuzz (scripts/check_openapi.sh): 3e38 is a finite f32, but
-/// a row of them overflows the model, and the NaN that came out was answered as
-/// `"probabilities": [null, ...]` and remembered for its label. Now the row is
-/// refused, and nothing is stored.
+/// a row of them overflowed the model, and the NaN that came out was answered as
+/// `"probabilities": [null, ...]`; a row with one such value was answered, and its
+/// pseudo-label crash-looped the update-worker. Now a value beyond ±1e18 is refused,
+/// and nothing is stored.
 #[tokio::test]
 async fn values_that_overflow_the_model_are_422() {
     let s = TestServer::start().await;
@@ -157,13 +158,14 @@ async fn values_that_overflow_the_model_are_422() {
         "/v1/infer",
         json!({"inputs": [row(16), huge]}).to_string(),
         422,
-        "inputs[1] is too large for the model",
+        "inputs[1][0] is 3e38, beyond ±1e18",
     )
     .await;
 }
 
-/// The same overflow in a labelled example was accepted (202) and its NaN
-/// embedding went into the memory and its features into the training log.
+/// The same values in a labelled example were accepted (202): the NaN embedding went
+/// into the memory, and the features into the training log, where the update-worker
+/// failed on them at every restart.
 #[tokio::test]
 async fn feedback_features_that_overflow_the_model_are_422() {
     let s = TestServer::start().await;
@@ -172,7 +174,7 @@ async fn feedback_features_that_overflow_the_model_are_422() {
         "/v1/feedback",
         json!({"features": vec![3e38_f32; 16], "label": 1}).to_string(),
         422,
-        "features is too large for the model",
+        "features[0] is 3e38, beyond ±1e18",
     )
     .await;
 }

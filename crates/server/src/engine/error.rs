@@ -25,6 +25,15 @@ pub enum EngineError {
     )]
     Overflow { field: String },
     #[error(
+        "{field}[{index}] is {value:e}, beyond ±{limit:e}, the largest magnitude the model learns from"
+    )]
+    TooLarge {
+        field: String,
+        index: usize,
+        value: f32,
+        limit: f32,
+    },
+    #[error(
         "label {label} is out of range: the model has {num_classes} classes (0..{num_classes})"
     )]
     LabelOutOfRange { label: u64, num_classes: usize },

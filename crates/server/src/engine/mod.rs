@@ -400,12 +400,24 @@ fn check_output(
     }
 }
 
+/// Refuses a value that is not finite, or too large for the update-worker to learn
+/// from ([`MAX_FEATURE_MAGNITUDE`](adaptserve_core::update::learner::MAX_FEATURE_MAGNITUDE)):
+/// every accepted row becomes a training update, as a label or a pseudo-label.
 fn check_finite(field: impl Fn() -> String, values: &[f32]) -> Result<(), EngineError> {
+    use adaptserve_core::update::learner::MAX_FEATURE_MAGNITUDE;
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(EngineError::NotFinite {
             field: field(),
             index,
         }),
-        None => Ok(()),
+        None => match values.iter().position(|v| v.abs() > MAX_FEATURE_MAGNITUDE) {
+            Some(index) => Err(EngineError::TooLarge {
+                field: field(),
+                index,
+                value: values[index],
+                limit: MAX_FEATURE_MAGNITUDE,
+            }),
+            None => Ok(()),
+        },
     }
 }

@@ -140,6 +140,7 @@ impl From<EngineError> for ApiError {
             | EngineError::WrongFeatureDimension { .. }
             | EngineError::NotFinite { .. }
             | EngineError::Overflow { .. }
+            | EngineError::TooLarge { .. }
             | EngineError::LabelOutOfRange { .. }
             | EngineError::UnknownLabelName { .. } => Self::Validation(e.to_string()),
             EngineError::UnknownRequest { .. } => Self::NotFound(e.to_string()),

@@ -19,7 +19,7 @@ use crate::engine::{FeedbackTarget, LabelRef};
 pub struct FeedbackRequest {
     /// A delayed label: the `request_id` of an earlier prediction.
     pub request_id: Option<u64>,
-    /// A labelled example: the model's `input_dim` finite numbers.
+    /// A labelled example: the model's `input_dim` numbers, finite and within ±1e18.
     pub features: Option<Vec<f32>>,
     pub label: LabelRef,
 }

@@ -17,8 +17,8 @@ use crate::engine::InferReply;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"inputs": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2, -0.7, 0.6, 0.1, -1.0, 0.8, 0.4, -0.3, 0.05]]}))]
 pub struct InferRequest {
-    /// One row per prediction, each of the model's `input_dim` finite numbers
-    /// (`input_dim` is in `/v1/status`).
+    /// One row per prediction, each of the model's `input_dim` numbers, finite and
+    /// within ±1e18 (`input_dim` is in `/v1/status`).
     pub inputs: Vec<Vec<f32>>,
 }
 
