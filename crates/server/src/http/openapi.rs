@@ -93,6 +93,7 @@ static SERVED: LazyLock<String> = LazyLock::new(|| to_json(&document()));
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi",
     tag = "health",
     responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object))
 )]
