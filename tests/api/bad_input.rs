@@ -144,6 +144,77 @@ async fn numbers_beyond_f32_are_422() {
     .await;
 }
 
+/// Found by the OpenAPI fuzz (scripts/check_openapi.sh): 3e38 is a finite f32, but
+/// a row of them overflowed the model, and the NaN that came out was answered as
+/// `"probabilities": [null, ...]`; a row with one such value was answered, and its
+/// pseudo-label crash-looped the update-worker. Now a value beyond ±1e18 is refused,
+/// and nothing is stored.
+#[tokio::test]
+async fn values_that_overflow_the_model_are_422() {
+    let s = TestServer::start().await;
+    let huge = vec![3e38_f32; 16];
+    refused(
+        &s,
+        "/v1/infer",
+        json!({"inputs": [row(16), huge]}).to_string(),
+        422,
+        "inputs[1][0] is 3e38, beyond ±1e18",
+    )
+    .await;
+}
+
+/// The same values in a labelled example were accepted (202): the NaN embedding went
+/// into the memory, and the features into the training log, where the update-worker
+/// failed on them at every restart.
+#[tokio::test]
+async fn feedback_features_that_overflow_the_model_are_422() {
+    let s = TestServer::start().await;
+    refused(
+        &s,
+        "/v1/feedback",
+        json!({"features": vec![3e38_f32; 16], "label": 1}).to_string(),
+        422,
+        "features[0] is 3e38, beyond ±1e18",
+    )
+    .await;
+}
+
+/// Rows within the accepted range can still overflow a model with large weights; the
+/// NaN that comes out is refused (422), never answered as `null` probabilities nor
+/// remembered.
+#[tokio::test]
+async fn a_row_the_model_overflows_on_is_422() {
+    use adaptserve_core::model::{Activation, Mlp, ModelConfig, SaveDtype, init::init_params};
+    let dir = tempfile::tempdir().unwrap();
+    let loud = dir.path().join("loud");
+    let config = ModelConfig::mlp(16, &[64, 64, 64], 4, Activation::Relu);
+    let mut params = init_params(&config, 1);
+    for layer in &mut params.layers {
+        layer.weight.fill(6e4);
+    }
+    let model = Mlp::from_params(config, params, 1, Default::default()).unwrap();
+    model
+        .save(&loud, SaveDtype::F32, &Default::default())
+        .unwrap();
+    let s = TestServer::start_with(|c| c.server.model = loud.clone()).await;
+    refused(
+        &s,
+        "/v1/infer",
+        json!({"inputs": [row(16), vec![1e18_f32; 16]]}).to_string(),
+        422,
+        "inputs[1] is too large for the model: its output is not a finite number",
+    )
+    .await;
+    refused(
+        &s,
+        "/v1/feedback",
+        json!({"features": vec![1e18_f32; 16], "label": 1}).to_string(),
+        422,
+        "features is too large for the model",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn oversized_body_is_413() {
     let s = TestServer::start_with(|c| c.server.payload_limit_bytes = 4096).await;

@@ -15,6 +15,7 @@ mod infer;
 mod limits;
 mod metrics;
 mod monitor;
+mod openapi;
 mod process;
 mod restart;
 mod simulate;

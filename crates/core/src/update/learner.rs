@@ -38,6 +38,14 @@ impl RunningNorm {
     }
 }
 
+/// The largest feature magnitude an update may carry. The standardiser's variance is
+/// installed as f32, and the square of a deviation past about 1.8e19 is not finite
+/// there: one such feature stopped every training step, and a worker restarted onto
+/// the same WAL record failed again. 1e18 keeps a deviation's square below f32's
+/// limit with room to spare; the server refuses larger values (422), and the
+/// learner skips any that reach it anyway.
+pub const MAX_FEATURE_MAGNITUDE: f32 = 1e18;
+
 /// Samples observed before a standardiser estimated from scratch is trusted.
 const NORM_WARMUP: f64 = 32.0;
 
@@ -65,7 +73,8 @@ pub struct Learner {
     pub trained_through: u64,
     /// Training steps taken.
     pub steps: u64,
-    /// Updates refused as not fitting the model (wrong width or label).
+    /// Updates refused as not fitting the model (wrong width or label, a feature
+    /// not finite or beyond [`MAX_FEATURE_MAGNITUDE`]).
     pub refused: u64,
     /// Drift markers seen.
     pub drifts: u64,
@@ -140,7 +149,10 @@ impl Learner {
         }
         let fits = update.features.len() == self.input_dim
             && (update.label as usize) < self.num_classes
-            && update.features.iter().all(|v| v.is_finite())
+            && update
+                .features
+                .iter()
+                .all(|v| v.abs() <= MAX_FEATURE_MAGNITUDE)
             && update.weight.is_finite()
             && update.weight > 0.0;
         if !fits {
@@ -275,5 +287,27 @@ mod tests {
         // learned sequence number on.
         learner.train().unwrap();
         assert_eq!(learner.trained_through, 21);
+    }
+
+    /// A feature of 3e38 is finite, but its square is not: before, it made every
+    /// training step fail, and the worker crash-looped on its WAL record.
+    #[test]
+    fn a_feature_too_large_to_standardise_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::model::init_model(2, 2, &[4], 1, dir.path()).unwrap();
+        let model = Mlp::load(dir.path()).unwrap();
+        let mut learner = Learner::new(&model, WorkerConfig::default(), 0).unwrap();
+        for i in 1..=40 {
+            let mut update = label(i);
+            if i == 7 {
+                update.features[0] = 3e38;
+            }
+            learner.add(u64::from(i), update);
+        }
+        assert_eq!((learner.refused, learner.batch_len()), (1, 39));
+        learner
+            .train()
+            .expect("training goes on past the skipped update");
+        assert_eq!(learner.trained_through, 40);
     }
 }

@@ -356,32 +356,62 @@ impl Replica {
     }
 
     /// `GET /v1/cluster`: every replica's entry and the trainer's status, from Redis.
-    pub async fn view(&self, serving_version: u64) -> Result<serde_json::Value, ClusterError> {
+    pub async fn view(&self, serving_version: u64) -> Result<ClusterView, ClusterError> {
         let replicas = registry::replicas(&self.link).await?;
         let trainer = registry::trainer(&self.link).await?;
         let now = crate::update::checkpoints::unix_ms();
         let replicas: Vec<_> = replicas
             .values()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id,
-                    "url": r.url,
-                    "version": r.version,
-                    "forwarded_seq": r.forwarded_seq,
-                    "logged_seq": r.logged_seq,
-                    "last_seen_ms": r.last_seen_ms,
-                    "alive": now.saturating_sub(r.last_seen_ms) < registry::STALE_MS,
-                })
+            .map(|r| ReplicaView {
+                id: r.id,
+                url: r.url.clone(),
+                version: r.version,
+                forwarded_seq: r.forwarded_seq,
+                logged_seq: r.logged_seq,
+                last_seen_ms: r.last_seen_ms,
+                alive: now.saturating_sub(r.last_seen_ms) < registry::STALE_MS,
             })
             .collect();
-        Ok(serde_json::json!({
-            "replica_id": self.id,
-            "redis": "up",
-            "serving_version": serving_version,
-            "replicas": replicas,
-            "trainer": trainer,
-        }))
+        Ok(ClusterView {
+            replica_id: self.id,
+            redis: "up",
+            serving_version,
+            replicas,
+            trainer,
+        })
     }
+}
+
+/// `GET /v1/cluster`: the cluster as Redis has it, seen from one replica.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// The replica answering.
+    pub replica_id: u16,
+    /// Always `up`: with Redis away the route answers 503 instead.
+    #[schema(value_type = String, example = "up")]
+    pub redis: &'static str,
+    /// The model version this replica serves.
+    pub serving_version: u64,
+    pub replicas: Vec<ReplicaView>,
+    /// The leading trainer's last report (`null` before any trainer reported).
+    #[schema(value_type = Option<Object>)]
+    pub trainer: Option<registry::TrainerStatus>,
+}
+
+/// One replica in the registry.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReplicaView {
+    pub id: u16,
+    /// Where it answers, as it advertises itself.
+    pub url: String,
+    /// The version it serves.
+    pub version: u64,
+    pub forwarded_seq: u64,
+    pub logged_seq: u64,
+    /// When it last refreshed its entry (Unix ms).
+    pub last_seen_ms: u64,
+    /// Whether it refreshed its entry recently enough to count as alive.
+    pub alive: bool,
 }
 
 impl RemoteTrainer for Replica {
@@ -404,7 +434,7 @@ impl RemoteTrainer for Replica {
 }
 
 /// The replica's part of `/v1/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub replica_id: u16,
     pub redis_up: bool,
@@ -421,7 +451,7 @@ pub struct ClusterStatus {
 }
 
 /// How far the WAL is on the label stream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ForwardStatus {
     /// WAL records not yet on the stream.
     pub unsent: u64,
@@ -433,7 +463,7 @@ pub struct ForwardStatus {
 }
 
 /// Other replicas' updates in this memory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExperienceStatus {
     pub received: u64,
     pub inserted: u64,
@@ -442,7 +472,7 @@ pub struct ExperienceStatus {
 }
 
 /// Shared pending predictions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SharingStatus {
     pub shipped: u64,
     pub unshipped: u64,

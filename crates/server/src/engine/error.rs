@@ -21,6 +21,19 @@ pub enum EngineError {
     #[error("{field}[{index}] is not a finite number (NaN, infinity, or beyond f32 range)")]
     NotFinite { field: String, index: usize },
     #[error(
+        "{field} is too large for the model: its output is not a finite number; scale the values down"
+    )]
+    Overflow { field: String },
+    #[error(
+        "{field}[{index}] is {value:e}, beyond ±{limit:e}, the largest magnitude the model learns from"
+    )]
+    TooLarge {
+        field: String,
+        index: usize,
+        value: f32,
+        limit: f32,
+    },
+    #[error(
         "label {label} is out of range: the model has {num_classes} classes (0..{num_classes})"
     )]
     LabelOutOfRange { label: u64, num_classes: usize },

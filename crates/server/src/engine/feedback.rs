@@ -9,7 +9,9 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::ensemble::Example;
-use super::{Engine, EngineError, RemoteClaim, SinkError, Update, UpdateKind, check_finite};
+use super::{
+    Engine, EngineError, RemoteClaim, SinkError, Update, UpdateKind, check_finite, check_output,
+};
 
 /// What a label is attached to.
 #[derive(Debug, Clone)]
@@ -21,8 +23,9 @@ pub enum FeedbackTarget {
 }
 
 /// A label, as a class index or as one of the model's label names.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(example = 2)]
 pub enum LabelRef {
     Index(u64),
     Name(String),
@@ -81,6 +84,7 @@ impl Engine {
                     .client
                     .forward(features.clone(), 1, announcement)
                     .await?;
+                check_output(|| "features".to_string(), &out.probs, &out.embeddings)?;
                 (features, out.embeddings, None)
             }
         };

@@ -8,11 +8,13 @@ use serde::Serialize;
 
 use super::ensemble::{Ballot, Row};
 use super::pending::log;
-use super::{Engine, EngineError, PendingPrediction, Update, UpdateKind, check_finite};
+use super::{
+    Engine, EngineError, PendingPrediction, Update, UpdateKind, check_finite, check_output,
+};
 use crate::model::argmax;
 
 /// Which path answered a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InferPath {
     /// The memory is still too small to vote: the model answered alone.
@@ -24,13 +26,19 @@ pub enum InferPath {
 }
 
 /// One row's answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
+    /// The id to send the true label for later (`POST /v1/feedback`).
     pub request_id: u64,
+    /// The predicted class index.
     pub label: u32,
+    /// The predicted class's name, when the model names its classes.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub label_name: Option<String>,
+    /// The predicted class's probability.
     pub confidence: f32,
+    /// One probability per class.
     pub probabilities: Vec<f32>,
     pub path: InferPath,
     pub neighbors_used: usize,
@@ -38,7 +46,7 @@ pub struct Prediction {
 }
 
 /// Where the time went, in microseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Queueing plus the batched forward pass.
     pub model_us: u64,
@@ -49,7 +57,7 @@ pub struct Timings {
 }
 
 /// The answer to one `/v1/infer` request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InferReply {
     pub model_version: u64,
     pub predictions: Vec<Prediction>,
@@ -106,6 +114,14 @@ impl Engine {
         let rows = inputs.len();
         let out = self.client.forward(flat, rows, announcement).await?;
         let model_us = started.elapsed().as_micros() as u64;
+        let (k, e) = (out.num_classes, out.embed_dim);
+        for row in 0..rows {
+            check_output(
+                || format!("inputs[{row}]"),
+                &out.probs[row * k..(row + 1) * k],
+                &out.embeddings[row * e..(row + 1) * e],
+            )?;
+        }
         // Ids for every row before anything is stored: a refusal changes nothing.
         let first_id = self
             .ids
@@ -114,7 +130,6 @@ impl Engine {
         let answered_ms = log::unix_ms();
 
         let labels = model.config().labels.as_ref();
-        let (k, e) = (out.num_classes, out.embed_dim);
         let mut knn_us = 0;
         let mut predictions = Vec::with_capacity(rows);
         for (i, features) in inputs.into_iter().enumerate() {

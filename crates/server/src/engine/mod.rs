@@ -385,12 +385,39 @@ impl Engine {
 }
 
 /// Checks that every value is finite, naming the first offender.
+/// Refuses a row whose model output is not finite. Finite inputs can still overflow
+/// the model (3e38 in every feature does); the NaN that comes out must reach neither
+/// the client (JSON writes it as `null`), nor the memory, nor the training log.
+fn check_output(
+    field: impl Fn() -> String,
+    probs: &[f32],
+    embedding: &[f32],
+) -> Result<(), EngineError> {
+    if probs.iter().chain(embedding).all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(EngineError::Overflow { field: field() })
+    }
+}
+
+/// Refuses a value that is not finite, or too large for the update-worker to learn
+/// from ([`MAX_FEATURE_MAGNITUDE`](adaptserve_core::update::learner::MAX_FEATURE_MAGNITUDE)):
+/// every accepted row becomes a training update, as a label or a pseudo-label.
 fn check_finite(field: impl Fn() -> String, values: &[f32]) -> Result<(), EngineError> {
+    use adaptserve_core::update::learner::MAX_FEATURE_MAGNITUDE;
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(EngineError::NotFinite {
             field: field(),
             index,
         }),
-        None => Ok(()),
+        None => match values.iter().position(|v| v.abs() > MAX_FEATURE_MAGNITUDE) {
+            Some(index) => Err(EngineError::TooLarge {
+                field: field(),
+                index,
+                value: values[index],
+                limit: MAX_FEATURE_MAGNITUDE,
+            }),
+            None => Ok(()),
+        },
     }
 }

@@ -12,7 +12,12 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::openapi::{
+    BadJson, Conflict, Forbidden, Internal, Invalid, NotFound, PayloadTooLarge, Unauthorized,
+    Unavailable, UnsupportedMediaType,
+};
 use super::{ApiError, AppJson, AppState};
 use crate::update::swap::{SyncReply, UpdateError};
 
@@ -63,6 +68,20 @@ impl From<UpdateError> for ApiError {
 
 /// `POST /v1/admin/sync`: returns once every update accepted before the call is in
 /// the serving weights.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/sync",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every update accepted before the call is in the serving weights", body = SyncReply),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<SyncReply>, ApiError> {
@@ -70,6 +89,20 @@ pub(super) async fn sync(
 }
 
 /// `POST /v1/admin/checkpoint`: the sync barrier, then the WAL fsynced.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/checkpoint",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Synced, and the WAL is on disk", body = SyncReply),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn checkpoint(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<SyncReply>, ApiError> {
@@ -77,20 +110,42 @@ pub(super) async fn checkpoint(
 }
 
 /// `{"version": N}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"version": 1}))]
 pub(super) struct RollbackRequest {
+    /// A model version still kept (a checkpoint in the state dir).
     version: u64,
 }
 
 /// `{"model_version": N, "applied_seq": S}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct RollbackReply {
     model_version: u64,
     applied_seq: u64,
 }
 
 /// `POST /v1/admin/rollback {version}`: serves a kept version again.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/rollback",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "The version is served again", body = RollbackReply),
+        (status = 400, response = BadJson),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Invalid),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(super) async fn rollback(
     State(state): State<Arc<AppState>>,
     AppJson(request): AppJson<RollbackRequest>,
@@ -103,16 +158,30 @@ pub(super) async fn rollback(
 }
 
 /// `{"resumed": bool, "state": "..."}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct WorkerRestartReply {
     /// True if supervision was suspended and is now resumed; false if a live worker
     /// was restarted.
     resumed: bool,
+    /// The worker's state right after, as `/v1/status` names it.
+    #[schema(schema_with = crate::status::worker_state_schema)]
     state: &'static str,
 }
 
 /// `POST /v1/admin/worker/restart`: resumes a suspended supervisor, or restarts the
 /// worker.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/worker/restart",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Supervision resumed, or the worker restarted", body = WorkerRestartReply),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+    )
+)]
 pub(super) async fn restart_worker(
     State(state): State<Arc<AppState>>,
 ) -> Result<AppJson<WorkerRestartReply>, ApiError> {
@@ -129,21 +198,41 @@ pub(super) async fn restart_worker(
 }
 
 /// `{"failure_rate": r}`, `r` in `[0, 1]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"failure_rate": 0.0}))]
 pub(super) struct KnnFaultRequest {
+    /// The share of k-NN searches to fail, in `[0, 1]`.
     failure_rate: f64,
 }
 
 /// `{"failure_rate": r, "injected": n}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct KnnFaultReply {
     failure_rate: f64,
+    /// Searches failed on purpose so far.
     injected: u64,
 }
 
 /// `POST /v1/admin/fault/knn`: makes a share of k-NN searches fail (chaos testing).
 /// 409 unless the server runs with `engine.fault_injection = true`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/fault/knn",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = KnnFaultRequest,
+    responses(
+        (status = 200, description = "The failure rate is set", body = KnnFaultReply),
+        (status = 400, response = BadJson),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Invalid),
+        (status = 409, response = Conflict),
+    )
+)]
 pub(super) async fn knn_fault(
     State(state): State<Arc<AppState>>,
     AppJson(request): AppJson<KnnFaultRequest>,

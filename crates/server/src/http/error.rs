@@ -59,10 +59,35 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: String,
-    error_type: &'a str,
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "the request timed out", "error_type": "timeout"}))]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// What went wrong, for a program: one of a fixed set of names.
+    #[schema(schema_with = error_type_schema)]
+    pub error_type: &'static str,
+}
+
+/// Every `error_type` a client can see, as [`ApiError::status_and_type`] names them.
+pub const ERROR_TYPES: [&str; 9] = [
+    "validation",
+    "not_found",
+    "overloaded",
+    "timeout",
+    "unavailable",
+    "unauthorized",
+    "forbidden",
+    "conflict",
+    "internal",
+];
+
+fn error_type_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(ERROR_TYPES))
+        .build()
 }
 
 impl ApiError {
@@ -88,15 +113,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, error_type) = self.status_and_type();
+        let (status, _) = self.status_and_type();
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let body = ErrorBody {
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl ApiError {
+    /// The JSON body this error is answered with.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: self.to_string(),
-            error_type,
-        };
-        (status, axum::Json(body)).into_response()
+            error_type: self.status_and_type().1,
+        }
     }
 }
 
@@ -108,6 +139,8 @@ impl From<EngineError> for ApiError {
             | EngineError::WrongDimension { .. }
             | EngineError::WrongFeatureDimension { .. }
             | EngineError::NotFinite { .. }
+            | EngineError::Overflow { .. }
+            | EngineError::TooLarge { .. }
             | EngineError::LabelOutOfRange { .. }
             | EngineError::UnknownLabelName { .. } => Self::Validation(e.to_string()),
             EngineError::UnknownRequest { .. } => Self::NotFound(e.to_string()),
@@ -176,4 +209,42 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
 pub trait PayloadLimit {
     /// The configured body limit in bytes.
     fn payload_limit(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ApiError, ERROR_TYPES};
+
+    /// The document's list of `error_type`s holds every one a variant has.
+    #[test]
+    fn every_error_type_is_documented() {
+        let all = [
+            ApiError::MalformedJson(String::new()),
+            ApiError::Validation(String::new()),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType,
+            ApiError::NotFound(String::new()),
+            ApiError::Overloaded(String::new()),
+            ApiError::Timeout,
+            ApiError::Unavailable(String::new()),
+            ApiError::Unauthorized,
+            ApiError::WrongToken,
+            ApiError::Conflict(String::new()),
+            ApiError::Forbidden,
+            ApiError::Internal(String::new()),
+        ];
+        for error in &all {
+            let (_, error_type) = error.status_and_type();
+            assert!(
+                ERROR_TYPES.contains(&error_type),
+                "{error_type} is not listed"
+            );
+        }
+        for listed in ERROR_TYPES {
+            assert!(
+                all.iter().any(|e| e.status_and_type().1 == listed),
+                "{listed} is listed but no error has it"
+            );
+        }
+    }
 }

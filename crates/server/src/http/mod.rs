@@ -13,6 +13,7 @@ mod error;
 mod feedback;
 mod health;
 mod infer;
+pub mod openapi;
 pub(crate) mod ratelimit;
 mod ui;
 pub mod v2;
@@ -86,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.payload_limit_bytes))
@@ -148,6 +150,18 @@ fn client_of(
 }
 
 /// `GET /metrics`: the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((
+        status = 200,
+        description = "Every metric, in the Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String,
+        example = "# TYPE adaptserve_http_requests_total counter\nadaptserve_http_requests_total{route=\"/v1/infer\",method=\"POST\",status=\"200\"} 3\n"
+    ))
+)]
 async fn metrics(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> impl IntoResponse {

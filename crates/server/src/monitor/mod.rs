@@ -32,7 +32,7 @@ use crate::status::Status;
 use latency::{LatencyHistogram, Snapshot};
 
 /// One interval's health metrics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Updates applied per minute.
     pub update_rate: f64,

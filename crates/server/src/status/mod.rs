@@ -14,16 +14,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::{Object, ObjectBuilder, Type};
 
 use crate::engine::BreakerState;
 use crate::state::AppState;
 use crate::supervisor::WorkerState;
 
 /// Everything `/v1/status` reports, field for field.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Status {
     pub version: &'static str,
     pub model_version: u64,
+    /// `cold_start` while the memory is too small to vote, then `normal`.
+    #[schema(schema_with = mode_schema)]
     pub mode: &'static str,
     pub experiences: usize,
     pub input_dim: usize,
@@ -48,6 +52,7 @@ pub struct Status {
     pub pending_log: PendingLog,
     pub request_ids: RequestIds,
     /// What the server rebuilt from its state dir at start (see `app::restore`).
+    #[schema(value_type = Option<Object>)]
     pub recovery: Option<serde_json::Value>,
     pub batcher: Batcher,
     /// This server's part in a cluster (`null` when standalone).
@@ -61,10 +66,11 @@ pub struct Status {
 }
 
 /// The update-worker.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Worker {
     pub pid: Option<u32>,
     #[serde(serialize_with = "as_str")]
+    #[schema(schema_with = worker_state_schema)]
     pub state: WorkerState,
     pub restarts: u64,
     pub failed_attempts: u32,
@@ -72,7 +78,7 @@ pub struct Worker {
 }
 
 /// The shared-memory ring of the current worker generation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Ring {
     pub depth: u64,
     pub capacity: usize,
@@ -80,11 +86,12 @@ pub struct Ring {
     pub dropped: u64,
     pub generation: u64,
     /// Which file in /dev/shm is live, for an operator looking there.
+    #[schema(value_type = String)]
     pub path: std::path::PathBuf,
 }
 
 /// Alerts firing and their delivery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Alerts {
     pub active: Vec<String>,
     pub raised: u64,
@@ -95,7 +102,7 @@ pub struct Alerts {
 }
 
 /// One webhook endpoint's deliveries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Webhook {
     pub delivered: u64,
     pub failed: u64,
@@ -104,7 +111,7 @@ pub struct Webhook {
 }
 
 /// Updates through the WAL to the worker.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Updates {
     pub sent: u64,
     pub applied: u64,
@@ -114,7 +121,7 @@ pub struct Updates {
 }
 
 /// Versions taken into service or refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Swaps {
     pub swapped: u64,
     pub rejected: u64,
@@ -123,7 +130,7 @@ pub struct Swaps {
 }
 
 /// The k-NN memory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Memory {
     pub backend: String,
     pub capacity: usize,
@@ -137,20 +144,21 @@ pub struct Memory {
 
 /// The ensemble vote: each voter's weight and accuracy, by name, as the ensemble
 /// reports them ([`crate::engine::VoteReport`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Vote {
     pub lambda: f32,
     pub weights: std::collections::BTreeMap<&'static str, f32>,
     /// Each voter's own accuracy on the labels joined while it voted.
     pub accuracy: std::collections::BTreeMap<&'static str, Option<f64>>,
     #[serde(serialize_with = "as_str")]
+    #[schema(schema_with = breaker_schema)]
     pub breaker: BreakerState,
     pub drift_active: bool,
     pub drifts: u64,
 }
 
 /// Which path answered each row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Paths {
     pub cold_start: u64,
     pub ensemble: u64,
@@ -158,7 +166,7 @@ pub struct Paths {
 }
 
 /// Labels received and how well the server had answered them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Labels {
     pub received: u64,
     pub scored: u64,
@@ -168,21 +176,21 @@ pub struct Labels {
 }
 
 /// The log of predictions awaiting a label.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PendingLog {
     pub bytes: u64,
     pub dropped: u64,
 }
 
 /// Request ids handed out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RequestIds {
     pub next: u64,
     pub refused: u64,
 }
 
 /// The model thread's batcher.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Batcher {
     pub queued: usize,
     pub capacity: usize,
@@ -211,6 +219,36 @@ impl Named for BreakerState {
 
 fn as_str<S: serde::Serializer, T: Named>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(value.name())
+}
+
+/// A string schema that takes exactly `names`: the document names each state as
+/// `as_str` writes it.
+fn names_schema(names: impl IntoIterator<Item = &'static str>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .build()
+}
+
+/// The schema of `mode` (also in `/health`).
+pub(crate) fn mode_schema() -> Object {
+    names_schema(["cold_start", "normal"])
+}
+
+/// The schema of a worker state's name (also in the worker restart reply).
+pub(crate) fn worker_state_schema() -> Object {
+    names_schema(WorkerState::ALL.map(WorkerState::as_str))
+}
+
+fn breaker_schema() -> Object {
+    names_schema(
+        [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ]
+        .map(BreakerState::as_str),
+    )
 }
 
 fn load(c: &AtomicU64) -> u64 {

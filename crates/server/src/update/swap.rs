@@ -116,7 +116,7 @@ impl SwapStats {
 }
 
 /// What `/v1/admin/sync` and `/v1/admin/checkpoint` answer.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct SyncReply {
     pub model_version: u64,
     pub applied_seq: u64,
