@@ -75,6 +75,7 @@ fn document_lists_every_route() {
         ("/health/ready", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/ui", "get"),
         ("/v1/admin/checkpoint", "post"),
         ("/v1/admin/fault/knn", "post"),
         ("/v1/admin/rollback", "post"),
@@ -84,6 +85,15 @@ fn document_lists_every_route() {
         ("/v1/feedback", "post"),
         ("/v1/infer", "post"),
         ("/v1/status", "get"),
+        ("/v2", "get"),
+        ("/v2/health/live", "get"),
+        ("/v2/health/ready", "get"),
+        ("/v2/models/{name}", "get"),
+        ("/v2/models/{name}/infer", "post"),
+        ("/v2/models/{name}/ready", "get"),
+        ("/v2/models/{name}/versions/{version}", "get"),
+        ("/v2/models/{name}/versions/{version}/infer", "post"),
+        ("/v2/models/{name}/versions/{version}/ready", "get"),
     ]
     .map(|(p, m)| (p.to_string(), vec![m]));
     assert_eq!(routes, expected);

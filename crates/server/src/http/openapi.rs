@@ -44,6 +44,16 @@ use super::error::ErrorBody;
         super::health::ready,
         super::metrics,
         serve,
+        super::ui::page,
+        super::v2::handlers::server_metadata,
+        super::v2::handlers::live,
+        super::v2::handlers::ready,
+        super::v2::handlers::model_metadata,
+        super::v2::handlers::model_version_metadata,
+        super::v2::handlers::model_ready,
+        super::v2::handlers::model_version_ready,
+        super::v2::handlers::infer,
+        super::v2::handlers::infer_version,
     ),
     components(
         schemas(ErrorBody),
@@ -66,7 +76,8 @@ use super::error::ErrorBody;
         (name = "serving", description = "Predictions and labels"),
         (name = "admin", description = "Operator actions; bearer token (`--admin-token`)"),
         (name = "status", description = "The server's state"),
-        (name = "health", description = "Probes, metrics and this document"),
+        (name = "health", description = "Probes, metrics, this document and the status page"),
+        (name = "open inference protocol", description = "KServe v2 / Triton REST routes over the same request path as `/v1/infer`"),
     )
 )]
 struct ApiDoc;

@@ -31,6 +31,13 @@ const CSP: &str = "default-src 'none'; connect-src 'self'; style-src 'unsafe-inl
                    script-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
+/// `GET /ui`: the live status page.
+#[utoipa::path(
+    get,
+    path = "/ui",
+    tag = "health",
+    responses((status = 200, description = "One self-contained HTML page that polls `/v1/status` and `/health`", content_type = "text/html", body = String))
+)]
 pub(super) async fn page() -> impl IntoResponse {
     (
         [

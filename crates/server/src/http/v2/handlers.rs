@@ -16,12 +16,22 @@ use super::types::{
     InferRequest, InferResponse, Liveness, ModelMetadata, ModelReadiness, Readiness,
     ResponseParameters, ServerMetadata, TensorMetadata,
 };
+use crate::http::openapi::{
+    BadJson, Invalid, NotFound, Overloaded, PayloadTooLarge, Unavailable, UnsupportedMediaType,
+};
 use crate::http::{ApiError, AppJson, AppState};
 
 /// The header of the protocol's binary tensor extension: the JSON part's length.
 const BINARY_HEADER: &str = "inference-header-content-length";
 
 /// `GET /v2`.
+#[utoipa::path(
+    get,
+    path = "/v2",
+    operation_id = "v2_server_metadata",
+    tag = "open inference protocol",
+    responses((status = 200, description = "The server's name, version and extensions (none)", body = ServerMetadata))
+)]
 pub(super) async fn server_metadata() -> AppJson<ServerMetadata> {
     AppJson(ServerMetadata {
         name: "adaptserve",
@@ -31,17 +41,45 @@ pub(super) async fn server_metadata() -> AppJson<ServerMetadata> {
 }
 
 /// `GET /v2/health/live`: the process answers, so it is live.
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    operation_id = "v2_live",
+    tag = "open inference protocol",
+    responses((status = 200, description = "The process is up", body = Liveness))
+)]
 pub(super) async fn live() -> AppJson<Liveness> {
     AppJson(Liveness { live: true })
 }
 
 /// `GET /v2/health/ready`: 200 exactly when `/health/ready` is.
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    operation_id = "v2_ready",
+    tag = "open inference protocol",
+    responses(
+        (status = 200, description = "Ready, as `/health/ready`", body = Readiness),
+        (status = 503, description = "Not ready", body = Readiness),
+    )
+)]
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, AppJson<Readiness>) {
     let ready = state.is_ready();
     (ready_code(ready), AppJson(Readiness { ready }))
 }
 
 /// `GET /v2/models/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    operation_id = "v2_model_metadata",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`")),
+    responses(
+        (status = 200, description = "The model's inputs, outputs and version", body = ModelMetadata),
+        (status = 404, response = NotFound),
+    )
+)]
 pub(super) async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -51,6 +89,17 @@ pub(super) async fn model_metadata(
 }
 
 /// `GET /v2/models/{name}/versions/{version}`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    operation_id = "v2_model_version_metadata",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`"), ("version" = String, Path, description = "The serving model version (`/v1/status`'s `model_version`)")),
+    responses(
+        (status = 200, description = "The model's inputs, outputs and version", body = ModelMetadata),
+        (status = 404, response = NotFound),
+    )
+)]
 pub(super) async fn model_version_metadata(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -61,6 +110,18 @@ pub(super) async fn model_version_metadata(
 }
 
 /// `GET /v2/models/{name}/ready`: 200 when the server is ready, 503 when not.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    operation_id = "v2_model_ready",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, response = NotFound),
+        (status = 503, description = "Not ready", body = ModelReadiness),
+    )
+)]
 pub(super) async fn model_ready(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -70,6 +131,18 @@ pub(super) async fn model_ready(
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    operation_id = "v2_model_version_ready",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`"), ("version" = String, Path, description = "The serving model version (`/v1/status`'s `model_version`)")),
+    responses(
+        (status = 200, description = "Ready", body = ModelReadiness),
+        (status = 404, response = NotFound),
+        (status = 503, description = "Not ready", body = ModelReadiness),
+    )
+)]
 pub(super) async fn model_version_ready(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
@@ -80,6 +153,24 @@ pub(super) async fn model_version_ready(
 }
 
 /// `POST /v2/models/{name}/infer`.
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    operation_id = "v2_infer",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`")),
+    request_body = InferRequest,
+    responses(
+        (status = 200, description = "The requested outputs, and each row's `request_id` for `/v1/feedback`", body = InferResponse),
+        (status = 400, response = BadJson),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Invalid),
+        (status = 429, response = Overloaded),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(in crate::http) async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -91,6 +182,24 @@ pub(in crate::http) async fn infer(
 
 /// `POST /v2/models/{name}/versions/{version}/infer`: only the version in service
 /// answers.
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    operation_id = "v2_infer_version",
+    tag = "open inference protocol",
+    params(("name" = String, Path, description = "The model's name: always `adaptserve`"), ("version" = String, Path, description = "The serving model version (`/v1/status`'s `model_version`)")),
+    request_body = InferRequest,
+    responses(
+        (status = 200, description = "The requested outputs, and each row's `request_id` for `/v1/feedback`", body = InferResponse),
+        (status = 400, response = BadJson),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Invalid),
+        (status = 429, response = Overloaded),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub(in crate::http) async fn infer_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,

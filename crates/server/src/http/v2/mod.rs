@@ -19,7 +19,7 @@
 //! - [`error`]: the refusals only this protocol has (binary data, encodings).
 
 mod error;
-mod handlers;
+pub(super) mod handlers;
 mod tensor;
 pub mod types;
 

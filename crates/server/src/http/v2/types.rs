@@ -1,16 +1,17 @@
 //! The Open Inference Protocol's JSON bodies, as plain serde structs.
 //!
 //! One struct per body, field names as the protocol spells them, so a reader can
-//! hold this file next to the protocol's text (and an OpenAPI generator can annotate
-//! them later). Request bodies ignore fields they do not know, since clients add
+//! hold this file next to the protocol's text; each derives its OpenAPI schema. Request bodies ignore fields they do not know, since clients add
 //! their own (the `kserve` SDK sends `model_name`, checked when present), and accept
 //! the protocol's `parameters` without acting on them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// `GET /v2`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipServerMetadata)]
 pub struct ServerMetadata {
     /// Always `"adaptserve"`.
     pub name: &'static str,
@@ -22,26 +23,30 @@ pub struct ServerMetadata {
 }
 
 /// `GET /v2/health/live`: always `true` with 200.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipLiveness)]
 pub struct Liveness {
     pub live: bool,
 }
 
 /// `GET /v2/health/ready`: 200 when ready, 503 when not (as `/health/ready`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipReadiness)]
 pub struct Readiness {
     pub ready: bool,
 }
 
 /// `GET /v2/models/{name}/ready`: 200 when ready, 503 when not.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipModelReadiness)]
 pub struct ModelReadiness {
     pub name: &'static str,
     pub ready: bool,
 }
 
 /// A tensor's name, type and shape (`-1` for any number of rows).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipTensorMetadata)]
 pub struct TensorMetadata {
     pub name: &'static str,
     pub datatype: &'static str,
@@ -49,7 +54,8 @@ pub struct TensorMetadata {
 }
 
 /// `GET /v2/models/{name}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipModelMetadata)]
 pub struct ModelMetadata {
     /// Always [`super::MODEL_NAME`].
     pub name: &'static str,
@@ -64,7 +70,8 @@ pub struct ModelMetadata {
 }
 
 /// `POST /v2/models/{name}/infer`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = OipInferRequest)]
 pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
@@ -74,6 +81,7 @@ pub struct InferRequest {
     pub model_name: Option<String>,
     /// Accepted and ignored (priority, timeout, sequences: none apply here).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
     /// Exactly one tensor, `input`.
     pub inputs: Vec<RequestInput>,
@@ -83,7 +91,8 @@ pub struct InferRequest {
 }
 
 /// One input tensor in the JSON encoding.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = OipRequestInput)]
 pub struct RequestInput {
     pub name: String,
     /// `[N, input_dim]`.
@@ -92,26 +101,31 @@ pub struct RequestInput {
     pub datatype: String,
     /// Binary-data and shared-memory parameters are refused; others are ignored.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
     /// The values, flat in row-major order or nested as `[[...], ...]`. Absent only
     /// when a client sends binary data, which is refused.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub data: Option<Value>,
 }
 
 /// One requested output.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = OipRequestOutput)]
 pub struct RequestOutput {
     /// `probabilities` or `label`.
     pub name: String,
     /// `binary_data` is ignored (outputs always come back as JSON); classification
     /// and shared memory are refused.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
 }
 
 /// The answer to `POST /v2/models/{name}/infer`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipInferResponse)]
 pub struct InferResponse {
     pub model_name: &'static str,
     /// The model version that answered.
@@ -127,7 +141,8 @@ pub struct InferResponse {
 /// The ids each row's prediction is remembered under, for `POST /v1/feedback`
 /// `{"request_id": ..., "label": ...}`. The protocol's parameter values are scalars,
 /// so the batch's ids are one comma-separated string.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipResponseParameters)]
 pub struct ResponseParameters {
     /// The row's id, when the request had one row.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +152,8 @@ pub struct ResponseParameters {
 }
 
 /// One output tensor in the JSON encoding.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipResponseOutput)]
 pub struct ResponseOutput {
     pub name: &'static str,
     pub datatype: &'static str,
@@ -147,7 +163,8 @@ pub struct ResponseOutput {
 }
 
 /// An output's values.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OipTensorData)]
 #[serde(untagged)]
 pub enum TensorData {
     Fp32(Vec<f32>),
