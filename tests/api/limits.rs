@@ -130,3 +130,82 @@ async fn the_per_client_rate_limit_answers_429_when_on() {
     }
     server.stop().await.unwrap();
 }
+
+/// A label cut off by the request timeout after its write to the log is still
+/// learned whole: every label the server took (answered 202, or answered 503
+/// `timeout` and then 404 "already labelled" when sent again) was also scored and
+/// counted, and none is left half-done. Before, the timeout dropped the learning and
+/// counting that follow the write. A 1 ms timeout with an fsync per commit makes
+/// timeouts common; the test keeps going until it has seen some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_cut_off_by_the_timeout_is_learned_whole() {
+    let server = TestServer::start_with(|c| {
+        c.server.request_timeout_ms = 1;
+        c.wal.fsync = adaptserve_server::config::FsyncMode::Always;
+    })
+    .await;
+    let http = client();
+    let (mut taken, mut timeouts) = (0u64, 0u64);
+    for round in 0..20u64 {
+        for i in 0..50u64 {
+            let (x, label) = crate::common::sample(round * 50 + i);
+            // The prediction itself may time out too (it waits for nothing, rarely).
+            let r = http
+                .post(server.url("/v1/infer"))
+                .json(&serde_json::json!({"inputs": [x]}))
+                .send()
+                .await
+                .unwrap();
+            if r.status() != 200 {
+                continue;
+            }
+            let body: Value = r.json().await.unwrap();
+            let id = body["predictions"][0]["request_id"].as_u64().unwrap();
+            let label_body = serde_json::json!({"request_id": id, "label": label});
+            let r = http
+                .post(server.url("/v1/feedback"))
+                .json(&label_body)
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                202 => taken += 1,
+                503 => {
+                    let body: Value = r.json().await.unwrap();
+                    assert_eq!(body["error_type"], "timeout", "{body}");
+                    timeouts += 1;
+                    // Let the label's own task finish, then ask again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let again = http
+                        .post(server.url("/v1/feedback"))
+                        .json(&label_body)
+                        .send()
+                        .await
+                        .unwrap();
+                    match again.status().as_u16() {
+                        // It was taken the first time.
+                        404 => taken += 1,
+                        // It was not (cut off before the write): taken now.
+                        202 => taken += 1,
+                        // Timed out again: its outcome is unknown; leave the run.
+                        503 => return server.stop().await.unwrap(),
+                        other => panic!("a label sent again answered {other}"),
+                    }
+                }
+                other => panic!("a label answered {other}"),
+            }
+        }
+        if timeouts >= 5 {
+            break;
+        }
+    }
+    assert!(
+        timeouts > 0,
+        "no label timed out at 1 ms with fsync = always"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = server.status().await;
+    assert_eq!(status["labels"]["received"], taken, "{}", status["labels"]);
+    assert_eq!(status["labels"]["scored"], taken, "{}", status["labels"]);
+    server.stop().await.unwrap();
+}

@@ -79,7 +79,15 @@ pub(super) async fn feedback(
             ));
         }
     };
-    let receipt = state.engine.feedback(target, request.label).await?;
+    // On a task of its own (on this thread: no hand-off), so that a request dropped
+    // by the timeout or a closed connection cannot cut the label off between its
+    // write to the log and the learning and counting after it. The client then has
+    // 503 `timeout` (the outcome unknown) and the server a label learned whole; sent
+    // again, it is answered 404, already labelled.
+    let engine = state.engine.clone();
+    let receipt = tokio::spawn(async move { engine.feedback(target, request.label).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the feedback task failed: {e}")))??;
     Ok((
         StatusCode::ACCEPTED,
         AppJson(FeedbackResponse {
