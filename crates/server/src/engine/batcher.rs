@@ -93,24 +93,32 @@ pub struct ModelClient {
     inline_max_rows: usize,
 }
 
-/// Marks one announced request; dropping it withdraws the announcement.
+/// Marks one announced request; dropping it withdraws the announcement. A small
+/// job's is empty: it runs inline and the batcher never waits for it.
 #[derive(Debug)]
 pub struct Announcement {
-    incoming: Arc<AtomicUsize>,
+    incoming: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for Announcement {
     fn drop(&mut self) {
-        self.incoming.fetch_sub(1, Ordering::AcqRel);
+        if let Some(incoming) = &self.incoming {
+            incoming.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl ModelClient {
-    /// Tells the batcher that a request is on its way, so that it is worth waiting for.
-    pub fn announce(&self) -> Announcement {
+    /// Tells the batcher that a job of `rows` rows is on its way, so that it is
+    /// worth waiting for. A job small enough to run inline touches no shared
+    /// counter: it would only make both cores' requests write one cache line.
+    pub fn announce(&self, rows: usize) -> Announcement {
+        if self.can_run_inline(rows) {
+            return Announcement { incoming: None };
+        }
         self.incoming.fetch_add(1, Ordering::AcqRel);
         Announcement {
-            incoming: self.incoming.clone(),
+            incoming: Some(self.incoming.clone()),
         }
     }
 

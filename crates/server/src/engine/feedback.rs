@@ -79,7 +79,7 @@ impl Engine {
                     });
                 }
                 check_finite(|| "features".to_string(), &features)?;
-                let announcement = self.client.announce();
+                let announcement = self.client.announce(1);
                 let out = self
                     .client
                     .forward(features.clone(), 1, announcement)
@@ -185,7 +185,7 @@ impl Engine {
                     return Ok((local, Some(nonce)));
                 }
                 // Made elsewhere: a record carries no embedding; this model keys it.
-                let announcement = self.client.announce();
+                let announcement = self.client.announce(1);
                 match self
                     .client
                     .forward(remote.features.clone(), 1, announcement)

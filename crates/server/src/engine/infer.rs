@@ -87,7 +87,7 @@ impl Engine {
         let started = Instant::now();
         // Announce before validating, so the batcher waits for us if it is forming
         // a batch right now.
-        let announcement = self.client.announce();
+        let announcement = self.client.announce(inputs.len());
         let model = self.model.load_full();
         let dim = model.input_dim();
         if inputs.is_empty() {

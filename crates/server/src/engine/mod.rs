@@ -339,7 +339,7 @@ impl Engine {
     /// initialisation; `/health/ready` turns green only after it.
     pub async fn warm_up(&self) -> Result<(), EngineError> {
         let dim = self.model.load().input_dim();
-        let announcement = self.client.announce();
+        let announcement = self.client.announce(1);
         self.client.forward(vec![0.0; dim], 1, announcement).await?;
         Ok(())
     }
@@ -370,7 +370,7 @@ impl Engine {
                 .iter()
                 .flat_map(|(_, _, p)| p.features.iter().copied())
                 .collect();
-            let announcement = self.client.announce();
+            let announcement = self.client.announce(chunk.len());
             let out = self.client.forward(flat, chunk.len(), announcement).await?;
             let e = out.embed_dim;
             for (i, (id, age, p)) in chunk.iter_mut().enumerate() {
