@@ -75,12 +75,12 @@ impl Front {
             }
             .context("cannot share the listening socket")?;
             let router = router.clone();
-            let (mut stop_rx, mut abort_rx) = (stop_rx.clone(), abort_rx.clone());
+            let (stop_rx, abort_rx) = (stop_rx.clone(), abort_rx.clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || {
-                    let served = serve_one(socket, router, &mut stop_rx, &mut abort_rx);
+                    let served = serve_one(socket, router, stop_rx, abort_rx);
                     let _ = tx.send(served);
                 })
                 .context("cannot start an HTTP thread")?;
@@ -99,13 +99,16 @@ impl Front {
         let _ = self.abort.send(true);
     }
 
-    /// Resolves when every thread has ended; the first failure, if any.
+    /// Resolves when every thread has ended; the first failure, if any. Cancel-safe:
+    /// a thread is forgotten only once it has ended, so after a drain deadline cut
+    /// one call short, the next (after [`Front::abort`]) still waits for the rest.
     pub(super) async fn finished(&mut self) -> anyhow::Result<()> {
         let mut result = Ok(());
-        for rx in self.done.drain(..) {
+        while let Some(rx) = self.done.last_mut() {
             let served = rx
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("an HTTP thread panicked")));
+            self.done.pop();
             if result.is_ok() {
                 result = served;
             }
@@ -133,8 +136,8 @@ fn own_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 fn serve_one(
     socket: std::net::TcpListener,
     router: Router,
-    stop: &mut watch::Receiver<bool>,
-    abort: &mut watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -143,11 +146,8 @@ fn serve_one(
     runtime.block_on(async move {
         let listener =
             TcpListener::from_std(socket).context("cannot watch the listening socket")?;
-        let graceful = {
-            let mut stop = stop.clone();
-            async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            }
+        let graceful = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
         };
         let serve = axum::serve(
             listener,
